@@ -1,0 +1,1 @@
+"""Running the node's processes on one machine: Orthanc, Redis and a worker."""

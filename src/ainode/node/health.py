@@ -1,0 +1,80 @@
+"""Health probes for each part of the node, used by the supervisor, ``ainode status`` and tests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+import requests
+
+from ainode.broker import make_celery, ping_workers
+from ainode.credentials import orthanc_auth
+from ainode.settings import Settings
+
+
+@dataclass(frozen=True)
+class PartHealth:
+    healthy: bool
+    detail: str
+
+
+@dataclass
+class NodeStatus:
+    http_url: str
+    dicom_port: int
+    dicom_aet: str
+    parts: dict[str, PartHealth] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.parts) and all(p.healthy for p in self.parts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
+
+
+def probe_redis(url: str) -> str | None:
+    try:
+        redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+    except redis.RedisError as error:
+        return f"Redis at {url} does not answer: {error}"
+    return None
+
+
+def probe_http(url: str, auth: tuple[str, str] | None, timeout_s: float = 2.0) -> str | None:
+    try:
+        response = requests.get(url, auth=auth, timeout=timeout_s)
+    except requests.RequestException as error:
+        return f"{url} does not answer: {type(error).__name__}"
+    if response.status_code != 200:
+        return f"{url} answered HTTP {response.status_code}"
+    return None
+
+
+def probe_worker(settings: Settings, timeout_s: float = 1.0) -> str | None:
+    names = ping_workers(make_celery(settings), timeout_s)
+    return None if names else "no worker answered a Celery ping"
+
+
+def collect_status(settings: Settings) -> NodeStatus:
+    """Ask each part directly, so a broken part never hides behind another one."""
+    status = NodeStatus(settings.http_url, settings.dicom_port, settings.dicom_aet)
+    auth = orthanc_auth(settings)
+
+    def record(name: str, reason: str | None, ok_detail: str) -> None:
+        status.parts[name] = PartHealth(reason is None, reason or ok_detail)
+
+    record("redis", probe_redis(settings.broker_url), f"answers at {settings.broker_url}")
+    record(
+        "orthanc",
+        probe_http(f"{settings.orthanc_base_url}/system", auth),
+        f"answers at {settings.orthanc_base_url}",
+    )
+    record("plugin", probe_http(f"{settings.orthanc_base_url}/ai/health", auth), "loaded")
+    if status.parts["redis"].healthy:
+        reason = probe_worker(settings)
+        record("worker", reason, "answers Celery pings")
+    else:
+        record("worker", "unknown: the broker is down", "")
+    return status

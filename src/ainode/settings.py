@@ -1,0 +1,153 @@
+"""The node's settings: one typed object, read from a YAML file and ``AINODE_*`` variables.
+
+Precedence, lowest to highest: defaults here, ``configs/settings.yaml`` (or the file named by
+``AINODE_SETTINGS``), then environment variables such as ``AINODE_HTTP_PORT=8043`` or, for nested
+fields, ``AINODE_REMOTE_MODALITIES__PACS__PORT=104``. Every process of the node (supervisor,
+Orthanc plugin, worker) builds the same object from the same sources, so there is one place
+where a setting's meaning and default live.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SETTINGS_FILE = REPO_ROOT / "configs" / "settings.yaml"
+
+
+class RemoteModality(BaseModel):
+    """A DICOM peer the node sends results to by C-STORE."""
+
+    aet: str = Field(max_length=16, pattern=r"^[ -~]+$")
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class DicomWebServer(BaseModel):
+    """A DICOMweb peer the node sends results to by STOW-RS."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; the defaults run a single-machine node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AINODE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="All state: index, storage, logs.")
+    node_name: str = "AINODE"
+    http_port: int = Field(default=8042, ge=1, le=65535)
+    dicom_port: int = Field(default=4242, ge=1, le=65535)
+    dicom_aet: str = Field(default="AINODE", max_length=16, pattern=r"^[A-Z0-9_ \-]+$")
+    http_bind_all: bool = Field(
+        default=True, description="Accept HTTP from other hosts (auth must then be on)."
+    )
+    auth_enabled: bool = True
+    redis_url: str | None = Field(
+        default=None,
+        description="External Redis; when unset the node starts its own on redis_port.",
+    )
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    orthanc_url: str | None = Field(
+        default=None, description="Orthanc seen by a worker on another machine; default: local."
+    )
+    orthanc_username: str | None = Field(
+        default=None, description="Worker/CLI credentials; default: the generated ones."
+    )
+    orthanc_password: str | None = Field(default=None, repr=False)
+    worker_enabled: bool = True
+    interactive_enabled: bool = True
+    interactive_port: int = Field(default=8045, ge=1, le=65535)
+    worker_concurrency: int = Field(default=1, ge=1)
+    worker_queues: list[str] = Field(default_factory=lambda: ["ainode.default"])
+    stable_age_s: int = Field(default=2, ge=1, description="Orthanc StableAge for series.")
+    orthanc_binary: Path = Path("/usr/sbin/Orthanc")
+    orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
+    orthanc_verbose: bool = False
+    routing_rules: Path = REPO_ROOT / "routing-rules.yaml"
+    models_registry: Path = REPO_ROOT / "configs" / "models.yaml"
+    remote_modalities: dict[str, RemoteModality] = Field(default_factory=dict)
+    dicomweb_servers: dict[str, DicomWebServer] = Field(default_factory=dict)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def orthanc_base_url(self) -> str:
+        return (self.orthanc_url or self.http_url).rstrip("/")
+
+    @property
+    def interactive_url(self) -> str:
+        return f"http://127.0.0.1:{self.interactive_port}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / "credentials"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the settings file; a missing default file is fine, a missing named file is not."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        named = os.environ.get("AINODE_SETTINGS")
+        path = Path(named) if named else DEFAULT_SETTINGS_FILE
+        if not path.exists():
+            if named:
+                raise FileNotFoundError(f"AINODE_SETTINGS names {path}, which does not exist")
+            return {}
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the settings file must be a mapping of setting: value")
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` win over file and environment (used by tests)."""
+    return Settings(**overrides)

@@ -1,0 +1,34 @@
+"""Fixtures shared by the whole suite: real nodes and phantom series on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nodeharness import Node, start_node
+
+from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One real node shared by the tests that only read from it or add their own series."""
+    started = start_node(tmp_path_factory.mktemp("node"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def fresh_node(tmp_path: Path) -> Iterator[Node]:
+    """A node of the test's own, for tests that stop, kill or reconfigure parts of it."""
+    started = start_node(tmp_path / "node")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def phantom_series(tmp_path: Path) -> list[Path]:
+    """A small CT phantom series (24 slices) with new UIDs, written one file per slice."""
+    phantom = make_phantom(Geometry(shape=(24, 48, 48), spacing=(3.0, 1.0, 1.0)), seed=3)
+    return write_series(phantom, tmp_path / "series", SeriesIds())

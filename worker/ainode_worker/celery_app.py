@@ -1,0 +1,20 @@
+"""The worker's Celery application: ``celery -A ainode_worker.celery_app worker``.
+
+Settings come from the same sources as every other part of the node (``AINODE_SETTINGS`` names
+the effective settings file that ``ainode up`` writes). Task modules are imported by Celery's
+``include`` so heavy libraries load in the worker only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ainode.broker import make_celery
+from ainode.settings import Settings
+
+settings = Settings()
+logging.basicConfig(
+    level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+)
+app = make_celery(settings)
+app.conf.include = ["ainode_worker.tasks"]
