@@ -1,0 +1,93 @@
+"""Phantom series for the result writers' tests: axial and oblique, written in shuffled order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from ainode_worker.results import Provenance
+from pydicom import Dataset
+
+from ainode.phantoms import Geometry, Phantom, SeriesIds, make_phantom, write_series
+from ainode.registry import Code, LabelSpec
+
+ANATOMY = Code(value="123037004", meaning="Anatomical Structure")
+LABELS = [
+    LabelSpec(
+        value=1,
+        name="liver",
+        category=ANATOMY,
+        type=Code(value="10200004", meaning="Liver"),
+        anatomic_region=Code(value="818981001", meaning="Abdomen"),
+        color=(221, 130, 101),
+    ),
+    LabelSpec(
+        value=2, name="kidney", category=ANATOMY, type=Code(value="64033007", meaning="Kidney")
+    ),
+    # Described by the model but absent from every phantom: must be left out of the outputs.
+    LabelSpec(
+        value=3, name="spleen", category=ANATOMY, type=Code(value="78961009", meaning="Spleen")
+    ),
+]
+PROVENANCE = Provenance(
+    model_id="abdomen-v1",
+    model_name="Abdomen nnU-Net",
+    model_version="1.2.0",
+    rule="ct-abdomen",
+    pipeline="abdomen",
+)
+
+
+@dataclass
+class Case:
+    """A phantom written to disk in a shuffled order, read back and sorted like the engine does."""
+
+    phantom: Phantom
+    sources: list[Dataset]
+    labels: list[LabelSpec]
+    provenance: Provenance
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.phantom.labels
+
+
+def rotation(axis: Sequence[float], degrees: float) -> np.ndarray:
+    """Rodrigues' rotation matrix."""
+    k = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    angle = np.deg2rad(degrees)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.asarray(np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx, float)
+
+
+def oblique_geometry() -> Geometry:
+    """Rotated 30 degrees about an axis off every patient axis, with anisotropic voxels."""
+    r = rotation((1.0, 2.0, 0.5), 30.0)
+    row, col = r[:, 0], r[:, 1]  # images of the x and y axes
+    return Geometry(
+        shape=(24, 48, 48),
+        spacing=(3.0, 0.9, 0.7),
+        origin=(-12.0, 30.0, -80.0),
+        row_direction=(float(row[0]), float(row[1]), float(row[2])),
+        column_direction=(float(col[0]), float(col[1]), float(col[2])),
+    )
+
+
+def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
+    def along_normal(ds: Dataset) -> float:
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, float)))
+
+    return sorted(datasets, key=along_normal)
+
+
+def make_case(folder: Path, geometry: Geometry, *, seed: int = 0, shuffle: bool = True) -> Case:
+    phantom = make_phantom(geometry, seed=seed)
+    n = geometry.shape[0]
+    order = np.random.default_rng(seed).permutation(n).tolist() if shuffle else None
+    paths = write_series(phantom, folder, SeriesIds(), order=order)
+    sources = sort_by_position([pydicom.dcmread(p) for p in paths])
+    return Case(phantom=phantom, sources=sources, labels=list(LABELS), provenance=PROVENANCE)

@@ -1,0 +1,65 @@
+"""Header-only views of the source images, with the patient/study attributes results copy.
+
+Results copy the patient and study modules from the source series. Real series sometimes
+lack Type 2 attributes (AccessionNumber, StudyID, ...); a result must still carry them, empty.
+Dropping pixel data also keeps the writers from copying megabytes they never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydicom import Dataset
+
+# Type 2 attributes of the Patient and General Study modules: present, possibly empty.
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+# Optional attributes copied when the source has them.
+_OPTIONAL_PATIENT_STUDY = (
+    "SpecificCharacterSet",
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
+)
+PATIENT_STUDY_KEYWORDS = ("StudyInstanceUID", *_TYPE2_PATIENT_STUDY, *_OPTIONAL_PATIENT_STUDY)
+_PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData"})
+
+
+def source_headers(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of the sources without pixel data and with Type 2 patient/study attributes set."""
+    return [_header(ds) for ds in datasets]
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the Patient and General Study module attributes the result must repeat."""
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            target[keyword] = source[keyword]
+        elif keyword in _TYPE2_PATIENT_STUDY:
+            setattr(target, keyword, "")
+
+
+def _header(ds: Dataset) -> Dataset:
+    header = Dataset()
+    for element in ds:
+        if element.keyword not in _PIXEL_KEYWORDS:
+            header.add(element)
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
