@@ -1,0 +1,249 @@
+"""The outbox sender: hands pending jobs to the broker, and re-sends those that got stuck.
+
+Orthanc's callbacks only record decisions (see :mod:`ainode_plugin.jobstore`); this module
+sends them, on the scheduler's thread, in short bursts, so the plugin's Python thread is never
+busy for long. The broker being down is not a job failure: the job stays pending and is sent
+when the broker returns, without using up an attempt. A job sent but never taken by a worker,
+or whose worker stopped reporting, is sent again after an exponentially growing pause, up to
+:attr:`RetryPolicy.max_attempts`; then it fails with the reason. Results carry deterministic
+UIDs, so a job that runs twice stores its results once.
+
+``send`` is any ``(JobRequest, queue) -> None`` callable that raises :class:`BrokerUnavailable`
+when the broker cannot take the message; :func:`celery_sender` makes one from a Celery app.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from ainode.broker import RUN_JOB_TASK
+from ainode.jobs import JobRequest, JobState
+from ainode.routing import queue_name
+from ainode_plugin.jobstore import JobStore
+
+log = logging.getLogger(__name__)
+
+SendJob = Callable[[JobRequest, str], None]
+_SCHEDULER_JOB_ID = "ainode-dispatch-sweep"
+# Publishing: one quick reconnect (a broker restart leaves a stale pooled connection), no more;
+# the sweeper retries later, so a dead broker never holds the scheduler's thread.
+_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not take the job now; it stays pending and is sent later."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a sent job counts as stuck, how long to wait before re-sending, when to give up."""
+
+    max_attempts: int = 3
+    queued_deadline: timedelta = timedelta(minutes=30)  # sent, but no worker started it
+    running_deadline: timedelta = timedelta(hours=1)  # running, but no report from the worker
+    backoff_base: timedelta = timedelta(seconds=30)
+    backoff_max: timedelta = timedelta(minutes=30)
+    broker_retry: timedelta = timedelta(seconds=10)  # broker unreachable: try again after this
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        durations = (
+            self.queued_deadline,
+            self.running_deadline,
+            self.backoff_base,
+            self.backoff_max,
+            self.broker_retry,
+        )
+        if any(duration <= timedelta(0) for duration in durations):
+            raise ValueError("retry policy durations must be positive")
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Pause before re-sending a job that has been sent ``attempts`` times: 1x, 2x, 4x..."""
+        exponent = min(max(attempts - 1, 0), 30)
+        return min(self.backoff_base * (1 << exponent), self.backoff_max)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """Job ids touched by one pass, for logs and tests."""
+
+    sent: tuple[str, ...] = ()
+    deferred: tuple[str, ...] = ()  # broker unavailable: still pending
+    rescheduled: tuple[str, ...] = ()  # stuck: will be sent again after a pause
+    failed: tuple[str, ...] = ()
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class Dispatcher:
+    """Sends the store's pending jobs through ``send``; :meth:`start` runs it periodically."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        send: SendJob,
+        *,
+        policy: RetryPolicy | None = None,
+        batch_size: int = 50,
+    ) -> None:
+        self.store = store
+        self.policy = policy or RetryPolicy()
+        self.batch_size = batch_size
+        self._send = send
+        self._lock = threading.Lock()  # one pass at a time, whoever calls
+        self._scheduler: BackgroundScheduler | None = None
+        self.last_report: SweepReport | None = None
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self.store.clock
+
+    def dispatch_due(self) -> SweepReport:
+        """Send every pending job whose time has come (stops at the first broker failure)."""
+        with self._lock:
+            return self._dispatch_due()
+
+    def sweep(self) -> SweepReport:
+        """Re-schedule or fail stuck jobs, then send what is due: the periodic pass."""
+        with self._lock:
+            now = self.clock()
+            rescheduled: list[str] = []
+            failed: list[str] = []
+            stuck = self.store.stuck_jobs(
+                now,
+                queued_deadline=self.policy.queued_deadline,
+                running_deadline=self.policy.running_deadline,
+                limit=self.batch_size,
+            )
+            for job in stuck:
+                if job.state == JobState.QUEUED:
+                    what = f"no worker started it within {_duration(self.policy.queued_deadline)}"
+                else:
+                    what = f"its worker sent no news for {_duration(self.policy.running_deadline)}"
+                if job.attempts >= self.policy.max_attempts:
+                    reason = f"gave up after {job.attempts} attempts: {what}"
+                    if self.store.fail(job.id, reason)[1]:
+                        failed.append(job.id)
+                else:
+                    pause = self.policy.backoff(job.attempts)
+                    reason = (
+                        f"attempt {job.attempts} stuck ({what}); sending again after "
+                        f"{_duration(pause)}"
+                    )
+                    if self.store.reschedule(job.id, now + pause, reason)[1]:
+                        log.warning("job %s: %s", job.id, reason)
+                        rescheduled.append(job.id)
+            sent = self._dispatch_due()
+            report = SweepReport(
+                sent=sent.sent,
+                deferred=sent.deferred,
+                rescheduled=tuple(rescheduled),
+                failed=(*failed, *sent.failed),
+                at=now,
+            )
+            self.last_report = report
+            return report
+
+    def _dispatch_due(self) -> SweepReport:
+        now = self.clock()
+        sent: list[str] = []
+        deferred: list[str] = []
+        failed: list[str] = []
+        for job in self.store.pending_dispatch(now, limit=self.batch_size):
+            if job.request is None:  # cannot happen for queued jobs; never send nothing
+                self.store.fail(job.id, "the job has no request to send")
+                failed.append(job.id)
+                continue
+            try:
+                self._send(job.request, job.queue or queue_name())
+            except BrokerUnavailable as error:
+                self.store.defer_dispatch(
+                    job.id, now + self.policy.broker_retry, f"broker unavailable: {error}"
+                )
+                deferred.append(job.id)
+                log.warning("job %s stays pending: broker unavailable (%s)", job.id, error)
+                break  # the others would fail the same way; they wait for the next pass
+            except Exception as error:  # a message the broker refuses for good: fail that job only
+                log.exception("job %s could not be sent", job.id)
+                self.store.fail(job.id, f"could not be sent to the broker: {error}")
+                failed.append(job.id)
+                continue
+            self.store.mark_sent(job.id)
+            sent.append(job.id)
+            log.info("job %s sent to queue %s", job.id, job.queue)
+        return SweepReport(sent=tuple(sent), deferred=tuple(deferred), failed=tuple(failed), at=now)
+
+    # --- the periodic sweeper ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None
+
+    def start(self, interval_s: float = 5.0) -> None:
+        """Sweep every ``interval_s`` seconds on a background thread (from ORTHANC_STARTED)."""
+        if self._scheduler is not None:
+            return
+        scheduler = BackgroundScheduler(daemon=True, timezone=UTC)
+        scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=interval_s,
+            id=_SCHEDULER_JOB_ID,
+            # Two, so a wake() during a pass queues one more pass (the lock runs them in turn)
+            # instead of being dropped as "maximum number of running instances reached".
+            max_instances=2,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def wake(self) -> None:
+        """Run a sweep now on the scheduler's thread (after recording a new job)."""
+        if self._scheduler is not None:
+            self._scheduler.modify_job(_SCHEDULER_JOB_ID, next_run_time=datetime.now(UTC))
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop sweeping (from ORTHANC_STOPPED); pending jobs stay in the store."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait)
+
+
+def celery_sender(app: Celery, task_name: str = RUN_JOB_TASK) -> SendJob:
+    """A ``send`` that publishes the job as ``task_name`` with the request as its only argument.
+
+    The Celery task id is the job id, so the broker's and worker's logs name the same job.
+    """
+
+    def send(request: JobRequest, queue: str) -> None:
+        try:
+            app.send_task(
+                task_name,
+                args=[request.model_dump(mode="json")],
+                queue=queue,
+                task_id=request.job_id,
+                retry=True,
+                retry_policy=_PUBLISH_RETRY,
+            )
+        except (OperationalError, OSError) as error:
+            raise BrokerUnavailable(str(error)) from error
+
+    return send
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"

@@ -1,0 +1,669 @@
+"""The durable record of every routing decision and of each job's life, in one SQLite file.
+
+Why SQLite: Orthanc's callbacks arrive on several threads and may repeat (``STABLE_SERIES`` can
+fire twice; a modality re-sends a series; the node restarts mid-job). One file under the data
+directory, in WAL mode, with a UNIQUE dedup key, makes "one decision per series version" a
+database guarantee rather than a hope, and survives restarts. Records are columns plus JSON
+(never pickles), and the schema is versioned by the ``schema_migrations`` table, so a newer
+node can upgrade an older file in place.
+
+Dedup: a decision's key is (series UID, trigger, rule or deciding guard, pipeline, content
+fingerprint). Repeated events and identical re-sends hit the same key and return the existing
+job; a series that gained instances has a new fingerprint and may make a new job. A failed job
+is not retried by re-sending the series: use :meth:`JobStore.retry`.
+
+Outbox: a job to run is written ``dispatch_state = pending`` in the same transaction as its
+decision; the dispatcher sends it to the broker and marks it ``sent``. A crash in between
+leaves it pending, so it is sent after the restart: at least once, never zero times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ainode.jobs import (
+    DestinationStatus,
+    JobRequest,
+    JobState,
+    JobUpdate,
+    utcnow,
+)
+from ainode.routing import Decision
+from ainode_plugin.facts import SeriesFacts
+
+log = logging.getLogger(__name__)
+
+DB_FILENAME = "ai-jobs.sqlite3"
+MAX_PAGE = 1000
+_KEY_SEPARATOR = "\x1f"
+
+
+class DispatchState(StrEnum):
+    NONE = "none"  # nothing to send (ignored, finished or cancelled)
+    PENDING = "pending"  # to be sent to the broker once dispatch_after has passed
+    SENT = "sent"  # handed to the broker; the worker's updates tell the rest
+
+
+class JobStoreError(Exception):
+    """Base of the job store's errors."""
+
+
+class JobNotFound(JobStoreError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidTransition(JobStoreError):
+    """The requested change does not fit the job's state (e.g. retrying a running job)."""
+
+
+class SchemaTooNew(JobStoreError):
+    """The file was written by a newer version of the node; refuse rather than corrupt it."""
+
+
+class Job(BaseModel):
+    """One decision about one series, and for a run decision the job's whole life."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    dedup_key: str
+    series_id: str
+    series_uid: str
+    study_id: str
+    study_uid: str
+    fingerprint: str
+    instance_count: int
+    trigger: str
+    rule: str | None = Field(description="the rule that decided; None for guards / no match")
+    decided_by: str
+    reason: str
+    pipeline: str | None
+    state: JobState
+    attempts: int = Field(description="times the job was handed to the broker")
+    error: str | None
+    priority: str | None
+    queue: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    dispatch_state: DispatchState
+    dispatch_after: datetime | None
+    sent_at: datetime | None
+    dispatch_error: str | None
+    worker: str | None
+    outputs: list[str]
+    destinations: list[DestinationStatus]
+    detail: dict[str, Any]
+    request: JobRequest | None
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "jobs: decisions, job states, dedup key and dispatch outbox",
+        (
+            """
+            CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                dedup_key TEXT NOT NULL UNIQUE,
+                series_id TEXT NOT NULL,
+                series_uid TEXT NOT NULL,
+                study_id TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                instance_count INTEGER NOT NULL,
+                trigger_level TEXT NOT NULL,
+                rule TEXT,
+                decided_by TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                pipeline TEXT,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                error TEXT,
+                priority TEXT,
+                queue TEXT,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL,
+                dispatch_state TEXT NOT NULL,
+                dispatch_after REAL,
+                sent_at REAL,
+                dispatch_error TEXT,
+                worker TEXT,
+                outputs TEXT NOT NULL DEFAULT '[]',
+                destinations TEXT NOT NULL DEFAULT '[]',
+                detail TEXT NOT NULL DEFAULT '{}',
+                request TEXT
+            )
+            """,
+            "CREATE INDEX jobs_state ON jobs(state)",
+            "CREATE INDEX jobs_series_uid ON jobs(series_uid)",
+            "CREATE INDEX jobs_series_id ON jobs(series_id)",
+            "CREATE INDEX jobs_rule ON jobs(rule)",
+            "CREATE INDEX jobs_created ON jobs(created_at)",
+            "CREATE INDEX jobs_outbox ON jobs(dispatch_state, dispatch_after)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
+_WORKER_STATES = (JobState.RUNNING, JobState.DONE, JobState.FAILED)
+
+
+def dedup_key(
+    series_uid: str, trigger: str, decided_by: str, pipeline: str | None, fingerprint: str
+) -> str:
+    """The identity of a decision: same series version, same rule (or guard), same pipeline."""
+    text = _KEY_SEPARATOR.join((series_uid, trigger, decided_by, pipeline or "", fingerprint))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _ts(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        raise ValueError("job store times must be timezone-aware (use ainode.jobs.utcnow)")
+    return moment.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+class JobStore:
+    """Thread-safe access to the jobs file: one connection, one lock, short transactions."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("job store %s: WAL mode unavailable (journal mode %s)", self.path, mode)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
+
+    @classmethod
+    def in_data_dir(
+        cls, data_dir: Path | str, *, clock: Callable[[], datetime] = utcnow
+    ) -> JobStore:
+        return cls(Path(data_dir) / DB_FILENAME, clock=clock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            version = int(current.fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path} has job-store schema version {version}, newer than this "
+                    f"node's {SCHEMA_VERSION}; upgrade the node or move the file aside"
+                )
+            for migration in MIGRATIONS:
+                if migration.version <= version:
+                    continue
+                for statement in migration.statements:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, description, applied_at) "
+                    "VALUES (?, ?, ?)",
+                    (migration.version, migration.description, _ts(self.clock())),
+                )
+                log.info("job store %s migrated to schema %d", self.path, migration.version)
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def record_decision(self, facts: SeriesFacts, decision: Decision) -> tuple[Job, bool]:
+        """Record one decision; returns the job and whether it is new (False: a duplicate)."""
+        now = _ts(self.clock())
+        rule = decision.rule if decision.run else None  # the rule to run, if any
+        pipeline = rule.pipeline if rule is not None else None
+        key = dedup_key(
+            facts.series_uid,
+            decision.trigger.value,
+            decision.decided_by,
+            pipeline,
+            facts.fingerprint,
+        )
+        job_id = uuid.uuid4().hex
+        request: JobRequest | None = None
+        statuses: list[DestinationStatus] = []
+        if rule is not None and pipeline is not None:
+            request = JobRequest(
+                job_id=job_id,
+                series_id=facts.series_id,
+                series_uid=facts.series_uid,
+                study_uid=facts.study_uid,
+                rule=rule.name,
+                pipeline=pipeline,
+                outputs=list(rule.outputs),
+                destinations=list(rule.destinations),
+                params=rule.job_params(),
+            )
+            statuses = [DestinationStatus(destination=d) for d in rule.destinations]
+        values = {
+            "id": job_id,
+            "dedup_key": key,
+            "series_id": facts.series_id,
+            "series_uid": facts.series_uid,
+            "study_id": facts.study_id,
+            "study_uid": facts.study_uid,
+            "fingerprint": facts.fingerprint,
+            "instance_count": facts.instance_count,
+            "trigger_level": decision.trigger.value,
+            "rule": decision.rule_name,
+            "decided_by": decision.decided_by,
+            "reason": decision.reason,
+            "pipeline": pipeline,
+            "state": JobState.QUEUED if request else JobState.IGNORED,
+            "priority": rule.priority.value if request and rule else None,
+            "queue": rule.queue if request and rule else None,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None if request else now,
+            "dispatch_state": DispatchState.PENDING if request else DispatchState.NONE,
+            "dispatch_after": now if request else None,
+            "destinations": _statuses_json(statuses),
+            "request": request.model_dump_json() if request else None,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        with self._write() as db:
+            cursor = db.execute(
+                f"INSERT INTO jobs ({columns}) VALUES ({marks}) "  # noqa: S608 (fixed names)
+                "ON CONFLICT(dedup_key) DO NOTHING",
+                values,
+            )
+            created = cursor.rowcount == 1
+            row = db.execute("SELECT * FROM jobs WHERE dedup_key = ?", (key,)).fetchone()
+        job = _job(row)
+        if created:
+            log.info(
+                "series %s: %s (%s) -> job %s %s",
+                facts.series_id,
+                decision.decided_by,
+                "run" if request else "ignored",
+                job.id,
+                job.state.value,
+            )
+        return job, created
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | Iterable[JobState] | None = None,
+        series: str | None = None,
+        rule: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first; ``series`` matches an Orthanc series id or a SeriesInstanceUID."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        clauses: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            states = [JobState(state)] if isinstance(state, str) else [JobState(s) for s in state]
+            clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+            params += [s.value for s in states]
+        if series is not None:
+            clauses.append("(series_id = ? OR series_uid = ?)")
+            params += [series, series]
+        if rule is not None:
+            clauses.append("rule = ?")
+            params.append(rule)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"  # noqa: S608
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit, offset)).fetchall()
+        return [_job(row) for row in rows]
+
+    def counts_by_state(self) -> dict[JobState, int]:
+        """Number of records in each state (every state present, zero included)."""
+        counts = dict.fromkeys(JobState, 0)
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        for state, count in rows:
+            counts[JobState(state)] = int(count)
+        return counts
+
+    def match_counts_by_rule(self) -> dict[str, int]:
+        """How many series versions each rule has decided (run or ignore), by rule name."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rule, COUNT(*) FROM jobs WHERE rule IS NOT NULL GROUP BY rule"
+            ).fetchall()
+        return {str(rule): int(count) for rule, count in rows}
+
+    def counts_by_decider(self) -> dict[str, int]:
+        """Records per deciding rule or guard (``no-rule-matched``, ``guard:...``, rule names)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT decided_by, COUNT(*) FROM jobs GROUP BY decided_by"
+            ).fetchall()
+        return {str(name): int(count) for name, count in rows}
+
+    # --- outbox ----------------------------------------------------------------------------
+
+    def pending_dispatch(self, now: datetime | None = None, *, limit: int = 50) -> list[Job]:
+        """Queued jobs waiting to be sent whose time has come, most urgent first."""
+        moment = _ts(now or self.clock())
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE dispatch_state = ? AND state = ? AND dispatch_after <= ? "
+                "ORDER BY CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END, "
+                "dispatch_after, created_at LIMIT ?",
+                (DispatchState.PENDING, JobState.QUEUED, moment, limit),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def stuck_jobs(
+        self,
+        now: datetime | None = None,
+        *,
+        queued_deadline: timedelta,
+        running_deadline: timedelta,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs handed to the broker that no worker took (queued) or stopped reporting (running)
+        for longer than the deadlines."""
+        moment = _ts(now or self.clock())
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE "
+                "(state = ? AND dispatch_state = ? AND updated_at <= ?) "
+                "OR (state = ? AND updated_at <= ?) ORDER BY updated_at LIMIT ?",
+                (
+                    JobState.QUEUED,
+                    DispatchState.SENT,
+                    moment - queued_deadline.total_seconds(),
+                    JobState.RUNNING,
+                    moment - running_deadline.total_seconds(),
+                    limit,
+                ),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def mark_sent(self, job_id: str) -> Job:
+        """The broker accepted the job: count the attempt and wait for the worker."""
+        now = _ts(self.clock())
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET attempts = attempts + 1, dispatch_state = ?, sent_at = ?, "
+                "dispatch_error = NULL, updated_at = CASE WHEN state = ? THEN ? ELSE updated_at "
+                "END WHERE id = ? AND state IN (?, ?)",
+                (DispatchState.SENT, now, JobState.QUEUED, now, job_id, *_IN_FLIGHT),
+            )
+            return self._get_locked(db, job_id)
+
+    def defer_dispatch(self, job_id: str, until: datetime, error: str) -> Job:
+        """Sending failed (broker unreachable): keep the job pending until ``until``.
+
+        Not counted as an attempt: a broker outage must not use up a job's retries.
+        """
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET dispatch_after = ?, dispatch_error = ? "
+                "WHERE id = ? AND dispatch_state = ?",
+                (_ts(until), error, job_id, DispatchState.PENDING),
+            )
+            return self._get_locked(db, job_id)
+
+    def reschedule(self, job_id: str, until: datetime, reason: str) -> tuple[Job, bool]:
+        """Put a stuck in-flight job back in the outbox, to be sent again after ``until``."""
+        now = _ts(self.clock())
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ?, dispatch_state = ?, dispatch_after = ?, "
+                "dispatch_error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
+                (
+                    JobState.QUEUED,
+                    DispatchState.PENDING,
+                    _ts(until),
+                    reason,
+                    now,
+                    job_id,
+                    *_IN_FLIGHT,
+                ),
+            )
+            return self._get_locked(db, job_id), cursor.rowcount == 1
+
+    def fail(self, job_id: str, reason: str) -> tuple[Job, bool]:
+        """End an in-flight job as failed with ``reason`` (False if it had ended meanwhile)."""
+        now = _ts(self.clock())
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ?, error = ?, dispatch_state = ?, finished_at = ?, "
+                "updated_at = ? WHERE id = ? AND state IN (?, ?)",
+                (JobState.FAILED, reason, DispatchState.NONE, now, now, job_id, *_IN_FLIGHT),
+            )
+            job = self._get_locked(db, job_id)
+        if cursor.rowcount == 1:
+            log.warning("job %s failed: %s", job_id, reason)
+        return job, cursor.rowcount == 1
+
+    # --- worker updates and operator actions ----------------------------------------------
+
+    def apply_update(self, update: JobUpdate) -> tuple[Job, bool]:
+        """Apply a worker's report; returns the job and whether the report changed it.
+
+        Reports for finished or cancelled jobs are ignored (a redelivered task may report
+        late); reports that no worker should ever send raise :class:`InvalidTransition`.
+        """
+        if update.state not in _WORKER_STATES:
+            raise InvalidTransition(
+                f"a worker reports running, done or failed, not {update.state.value}"
+            )
+        now = _ts(self.clock())
+        with self._write() as db:
+            job = self._get_locked(db, update.job_id)
+            if job.state == JobState.IGNORED:
+                raise InvalidTransition(f"job {job.id} was ignored; no worker should report on it")
+            if job.state.is_final:
+                log.info(
+                    "job %s is %s; late %s report ignored",
+                    job.id,
+                    job.state.value,
+                    update.state.value,
+                )
+                return job, False
+            changes: dict[str, Any] = {
+                "state": update.state.value,
+                "updated_at": now,
+                "worker": update.worker or job.worker,
+                "outputs": json.dumps(_merged_outputs(job.outputs, update.outputs)),
+                "destinations": _statuses_json(
+                    _merged_statuses(job.destinations, update.destinations)
+                ),
+                "detail": json.dumps({**job.detail, **update.detail}, default=str),
+            }
+            if job.dispatch_state == DispatchState.PENDING:
+                changes["dispatch_state"] = DispatchState.SENT.value  # it reached a worker
+                changes["dispatch_error"] = None
+            started = _ts(job.started_at) if job.started_at else now
+            changes["started_at"] = started
+            if update.state == JobState.DONE:
+                changes.update(finished_at=now, error=None, dispatch_state=DispatchState.NONE.value)
+            elif update.state == JobState.FAILED:
+                changes.update(
+                    finished_at=now,
+                    error=update.error or "the worker reported a failure without a reason",
+                    dispatch_state=DispatchState.NONE.value,
+                )
+            assignments = ", ".join(f"{name} = :{name}" for name in changes)
+            db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = :id",  # noqa: S608 (fixed names)
+                {**changes, "id": job.id},
+            )
+            return self._get_locked(db, job.id), True
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again (its attempt count is kept)."""
+        now = _ts(self.clock())
+        with self._write() as db:
+            job = self._get_locked(db, job_id)
+            if job.state not in (JobState.FAILED, JobState.CANCELLED) or job.request is None:
+                raise InvalidTransition(
+                    f"only failed or cancelled jobs can be retried; job {job_id} is "
+                    f"{job.state.value}"
+                )
+            db.execute(
+                "UPDATE jobs SET state = ?, dispatch_state = ?, dispatch_after = ?, error = NULL, "
+                "dispatch_error = NULL, started_at = NULL, finished_at = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (JobState.QUEUED, DispatchState.PENDING, now, now, job_id),
+            )
+            return self._get_locked(db, job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; the worker's later reports are then ignored."""
+        now = _ts(self.clock())
+        with self._write() as db:
+            job = self._get_locked(db, job_id)
+            if job.state not in _IN_FLIGHT:
+                raise InvalidTransition(
+                    f"only queued or running jobs can be cancelled; job {job_id} is "
+                    f"{job.state.value}"
+                )
+            db.execute(
+                "UPDATE jobs SET state = ?, dispatch_state = ?, finished_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                (JobState.CANCELLED, DispatchState.NONE, now, now, job_id),
+            )
+            return self._get_locked(db, job_id)
+
+    def _get_locked(self, db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+
+def _statuses_json(statuses: Iterable[DestinationStatus]) -> str:
+    return json.dumps([status.model_dump(mode="json") for status in statuses])
+
+
+def _merged_outputs(old: list[str], new: list[str]) -> list[str]:
+    return list(dict.fromkeys([*old, *new]))
+
+
+def _merged_statuses(
+    old: list[DestinationStatus], new: list[DestinationStatus]
+) -> list[DestinationStatus]:
+    """The worker's statuses replace ours destination by destination."""
+    merged = {(s.destination.kind, s.destination.name): s for s in old}
+    for status in new:
+        merged[(status.destination.kind, status.destination.name)] = status
+    return list(merged.values())
+
+
+def _job(row: sqlite3.Row) -> Job:
+    created = _dt(row["created_at"])
+    updated = _dt(row["updated_at"])
+    if created is None or updated is None:  # NOT NULL columns
+        raise JobStoreError(f"job {row['id']} has no creation time")
+    return Job(
+        id=row["id"],
+        dedup_key=row["dedup_key"],
+        series_id=row["series_id"],
+        series_uid=row["series_uid"],
+        study_id=row["study_id"],
+        study_uid=row["study_uid"],
+        fingerprint=row["fingerprint"],
+        instance_count=row["instance_count"],
+        trigger=row["trigger_level"],
+        rule=row["rule"],
+        decided_by=row["decided_by"],
+        reason=row["reason"],
+        pipeline=row["pipeline"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        error=row["error"],
+        priority=row["priority"],
+        queue=row["queue"],
+        created_at=created,
+        updated_at=updated,
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        dispatch_state=DispatchState(row["dispatch_state"]),
+        dispatch_after=_dt(row["dispatch_after"]),
+        sent_at=_dt(row["sent_at"]),
+        dispatch_error=row["dispatch_error"],
+        worker=row["worker"],
+        outputs=json.loads(row["outputs"]),
+        destinations=[DestinationStatus.model_validate(s) for s in json.loads(row["destinations"])],
+        detail=json.loads(row["detail"]),
+        request=JobRequest.model_validate_json(row["request"]) if row["request"] else None,
+    )

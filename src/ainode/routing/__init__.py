@@ -1,0 +1,74 @@
+"""Routing rules: which arriving series become which AI jobs (``routing-rules.yaml``).
+
+Load once with :func:`load_rules` (or keep current with :class:`RulesWatcher`), then ask
+:meth:`RuleSet.evaluate` for the :class:`Decision` list of each series' facts. Nothing here
+talks to Orthanc or Celery, so the plugin, the CLI and tests use the same code.
+"""
+
+from .attributes import (
+    SYNTHETIC_ATTRIBUTES,
+    AttributeValues,
+    is_identifying,
+    normalize_attributes,
+    normalize_value,
+)
+from .conditions import Condition
+from .destinations import KnownDestinations, destination_label, parse_destination
+from .errors import Problem, RulesError
+from .loader import load_rules, parse_rules
+from .queues import Pool, Priority, all_queue_names, queue_name
+from .rules import (
+    GUARD_NODE_OUTPUT,
+    GUARD_RESULT_MODALITY,
+    NO_RULE_MATCHED,
+    NODE_MANUFACTURER,
+    NON_IMAGE_MODALITIES,
+    RULES_UNAVAILABLE,
+    Decision,
+    FactsLike,
+    HasAttributes,
+    Rule,
+    RuleCheck,
+    RuleSet,
+    loop_guard,
+)
+from .schema import Action, MatchMode, Trigger
+from .watcher import RulesStatus, RulesWatcher
+
+__all__ = [
+    "GUARD_NODE_OUTPUT",
+    "GUARD_RESULT_MODALITY",
+    "NODE_MANUFACTURER",
+    "NON_IMAGE_MODALITIES",
+    "NO_RULE_MATCHED",
+    "RULES_UNAVAILABLE",
+    "SYNTHETIC_ATTRIBUTES",
+    "Action",
+    "AttributeValues",
+    "Condition",
+    "Decision",
+    "FactsLike",
+    "HasAttributes",
+    "KnownDestinations",
+    "MatchMode",
+    "Pool",
+    "Priority",
+    "Problem",
+    "Rule",
+    "RuleCheck",
+    "RuleSet",
+    "RulesError",
+    "RulesStatus",
+    "RulesWatcher",
+    "Trigger",
+    "all_queue_names",
+    "destination_label",
+    "is_identifying",
+    "load_rules",
+    "loop_guard",
+    "normalize_attributes",
+    "normalize_value",
+    "parse_destination",
+    "parse_rules",
+    "queue_name",
+]

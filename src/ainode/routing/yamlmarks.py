@@ -1,0 +1,205 @@
+"""YAML loading that remembers where each value was written, so errors can name its line.
+
+PyYAML's node tree carries a start mark for every key and value; we walk it once, recording
+the line of each path (``("rules", 0, "when", "Modality")``), then build plain Python data from
+the same tree. Only ``SafeLoader`` constructs are allowed, and every way a hostile or mistyped
+file can fail (bad syntax, an explicit tag with a bad value, recursive or exponentially
+expanding aliases, absurd nesting) ends as a :class:`RulesError`, never another exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import Location, Problem, RulesError, format_field
+
+# A rules file lists a few dozen rules; these limits only stop pathological input.
+MAX_NODES = 20_000  # values in the document, an alias counted at every use
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _RulesLoader(yaml.SafeLoader):
+    """A SafeLoader whose scalar constructors fail only with YAML errors; dates stay text."""
+
+
+def _guarded(constructor: Callable[[Any, Node], Any]) -> Callable[[Any, Node], Any]:
+    def construct(loader: Any, node: Node) -> Any:
+        try:
+            return constructor(loader, node)
+        except (ValueError, LookupError, TypeError, ArithmeticError) as error:
+            raise ConstructorError(
+                None, None, f"cannot read {node.value!r} as {node.tag}: {error}", node.start_mark
+            ) from error
+
+    return construct
+
+
+for _tag in ("null", "bool", "int", "float", "binary"):
+    _full_tag = f"tag:yaml.org,2002:{_tag}"
+    _RulesLoader.add_constructor(_full_tag, _guarded(yaml.SafeLoader.yaml_constructors[_full_tag]))
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader, node: Node) -> Any:
+    """Dates are never needed by rules; as text they cannot fail on "2024-13-45"."""
+    if not isinstance(node, ScalarNode):
+        raise ConstructorError(None, None, "expected a date", node.start_mark)
+    return loader.construct_scalar(node)
+
+
+_RulesLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
+@dataclass(frozen=True)
+class MarkedDocument:
+    """Plain YAML data plus the line (1-based) where each path's key or value was written."""
+
+    data: Any
+    key_lines: dict[Location, int] = field(default_factory=dict)
+    value_lines: dict[Location, int] = field(default_factory=dict)
+
+    def line_of(self, location: Sequence[Any]) -> int | None:
+        """The line of ``location``, or of its nearest enclosing path that was written.
+
+        A missing field thus points at the mapping that lacks it, an unknown field at its key.
+        """
+        loc: Location = tuple(_path_part(part) for part in location)
+        while True:
+            if loc in self.key_lines:
+                return self.key_lines[loc]
+            if loc in self.value_lines:
+                return self.value_lines[loc]
+            if not loc:
+                return None
+            loc = loc[:-1]
+
+
+def _path_part(part: Any) -> str | int:
+    if isinstance(part, bool) or not isinstance(part, str | int):
+        return str(part)
+    return part
+
+
+def load_marked(text: str, source: Path | str) -> MarkedDocument:
+    """Parse one YAML document, keeping line marks; raises :class:`RulesError`."""
+    try:
+        loader = _RulesLoader(text)
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow
+        line = text[: error.position].count("\n") + 1
+        raise RulesError(source, [Problem(line, "", f"not valid YAML: {error.reason}")]) from error
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return MarkedDocument(data=None)
+        _check_size(node, source)
+        key_lines: dict[Location, int] = {}
+        value_lines: dict[Location, int] = {}
+        problems: list[Problem] = []
+        _walk(loader, node, (), key_lines, value_lines, set(), problems)
+        if problems:
+            raise RulesError(source, problems)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        raise RulesError(source, [_yaml_problem(error)]) from error
+    except yaml.YAMLError as error:
+        raise RulesError(source, [Problem(None, "", f"not valid YAML: {error}")]) from error
+    except RecursionError as error:
+        raise RulesError(
+            source, [Problem(None, "", "the YAML is nested far too deeply to be a rules file")]
+        ) from error
+    finally:
+        loader.dispose()
+    return MarkedDocument(data=data, key_lines=key_lines, value_lines=value_lines)
+
+
+def _yaml_problem(error: yaml.MarkedYAMLError) -> Problem:
+    mark = error.problem_mark or error.context_mark
+    parts = [part for part in (error.context, error.problem) if part]
+    text = "; ".join(parts) if parts else str(error)
+    return Problem(mark.line + 1 if mark else None, "", f"not valid YAML: {text}")
+
+
+def _check_size(root: Node, source: Path | str) -> None:
+    """Refuse recursive aliases and documents whose aliases expand beyond :data:`MAX_NODES`."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def measure(node: Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise RulesError(
+                source,
+                [Problem(node.start_mark.line + 1, "", "an alias refers to itself (recursive)")],
+            )
+        active.add(key)
+        total = 1
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                total += measure(key_node) + measure(value_node)
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                total += measure(item)
+        if total > MAX_NODES:
+            raise RulesError(
+                source,
+                [
+                    Problem(
+                        node.start_mark.line + 1,
+                        "",
+                        f"the document expands to more than {MAX_NODES} values "
+                        "(aliases counted at each use); a rules file is never that large",
+                    )
+                ],
+            )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    measure(root)
+
+
+def _walk(
+    loader: _RulesLoader,
+    node: Node,
+    path: Location,
+    key_lines: dict[Location, int],
+    value_lines: dict[Location, int],
+    seen: set[int],
+    problems: list[Problem],
+) -> None:
+    value_lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in seen:  # an alias: its lines were recorded where the anchor was written
+        return
+    seen.add(id(node))
+    if isinstance(node, MappingNode):
+        first_line: dict[str | int, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue  # complex keys fail at construction; merges have no path of their own
+            key = _path_part(loader.construct_object(key_node))
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                problems.append(
+                    Problem(
+                        line,
+                        format_field((*path, key)),
+                        f"{key!r} is written twice in the same mapping (first on line "
+                        f"{first_line[key]}); YAML would silently keep only the last one",
+                    )
+                )
+                continue
+            first_line[key] = line
+            child = (*path, key)
+            key_lines.setdefault(child, line)
+            _walk(loader, value_node, child, key_lines, value_lines, seen, problems)
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(loader, item, (*path, index), key_lines, value_lines, seen, problems)

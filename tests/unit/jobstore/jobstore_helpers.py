@@ -1,0 +1,131 @@
+"""Helpers for the job-store and dispatcher tests: a clock, series facts, decisions, Redis."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+
+import redis
+from ainode_plugin.facts import SeriesFacts, content_fingerprint
+
+from ainode.routing import Decision, RuleSet, normalize_attributes, parse_rules
+
+START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+
+RULES = parse_rules(
+    textwrap.dedent(
+        """\
+        version: 1
+        mode: all-match
+        rules:
+          - name: ct-demo
+            when: {Modality: CT, InstanceCount: {ge: 10}}
+            pipeline: demo-phantom
+            outputs: [SEG, RTSTRUCT]
+          - name: chest-urgent
+            when: {Modality: CT, BodyPartExamined: CHEST}
+            pipeline: lungs
+            destinations: [orthanc, dicom:PACS]
+            priority: high
+            pool: gpu
+            params: {fold: 1}
+        """
+    )
+)
+
+
+class Clock:
+    """A clock the test moves by hand, so deadlines pass without sleeping."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def series_facts(
+    number: int = 1,
+    *,
+    modality: str = "CT",
+    body_part: str = "ABDOMEN",
+    instances: int = 12,
+    extra_instances: int = 0,
+) -> SeriesFacts:
+    """Facts of series ``number``; ``extra_instances`` models the same series grown later."""
+    ids = [f"series{number}-instance{i}" for i in range(instances + extra_instances)]
+    attributes = normalize_attributes(
+        {
+            "Modality": modality,
+            "BodyPartExamined": body_part,
+            "InstanceCount": len(ids),
+            "SeriesInstanceUID": f"1.2.3.{number}",
+            "StudyInstanceUID": "1.2.3",
+        }
+    )
+    return SeriesFacts(
+        series_id=f"orthanc-series-{number}",
+        study_id="orthanc-study-1",
+        series_uid=f"1.2.3.{number}",
+        study_uid="1.2.3",
+        instance_count=len(ids),
+        fingerprint=content_fingerprint(ids),
+        attributes=MappingProxyType(attributes),
+    )
+
+
+def decide(facts: SeriesFacts, rules: RuleSet = RULES) -> list[Decision]:
+    return rules.evaluate(facts)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A throw-away redis-server on its own port that a test can stop and start again."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        arguments = ["--save", "", "--appendonly", "no", "--port", str(self.port)]
+        self._process = subprocess.Popen(
+            [binary, *arguments, "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def queue_length(self, queue: str) -> int:
+        return int(redis.Redis(port=self.port).llen(queue))
