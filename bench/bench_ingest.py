@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodeharness import free_port, start_node
@@ -41,6 +43,18 @@ def storescu(port: int, folder: Path, *, tuned: bool) -> float:
     return time.perf_counter() - started
 
 
+def stow(base_url: str, folder: Path, auth: tuple[str, str] | None = None) -> float:
+    """STOW-RS in requests of 50 instances, as a DICOMweb client would send a series."""
+    client = DICOMwebClient(f"{base_url}/dicom-web")
+    if auth:
+        client._session.auth = auth
+    paths = sorted(folder.iterdir())
+    started = time.perf_counter()
+    for first in range(0, len(paths), 50):
+        client.store_instances([dcmread(p) for p in paths[first : first + 50]])
+    return time.perf_counter() - started
+
+
 def default_orthanc(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http, dicom = free_port(), free_port()
     workdir.mkdir(parents=True)
@@ -52,6 +66,8 @@ def default_orthanc(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
                 "DicomPort": dicom,
                 "StorageDirectory": str(workdir / "db"),
                 "IndexDirectory": str(workdir / "db"),
+                # Defaults otherwise; DICOMweb is loaded so STOW-RS can be compared too.
+                "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
             }
         )
     )
@@ -80,11 +96,12 @@ def main() -> None:
         write_series(phantom, folder, SeriesIds())
         rows: list[tuple[str, float]] = []
 
-        process, _, dicom = default_orthanc(work / "default")
+        process, http, dicom = default_orthanc(work / "default")
         try:
             rows.append(
                 ("Orthanc defaults, storescu defaults", storescu(dicom, folder, tuned=False))
             )
+            rows.append(("Orthanc defaults, STOW-RS", stow(f"http://127.0.0.1:{http}", folder)))
         finally:
             process.terminate()
             process.wait(30)
@@ -97,6 +114,7 @@ def main() -> None:
             )
             report = push_paths([folder], host="127.0.0.1", port=port, called_aet="AINODE")
             rows.append(("AI node, ainode push", report.seconds))
+            rows.append(("AI node, STOW-RS", stow(node.url, folder, node.auth)))
         finally:
             node.stop()
 

@@ -23,6 +23,44 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The OHIF viewer, prebuilt (npm package @ohif/app; nothing is built), served by Orthanc under
+# /ohif/. The package is built for the web root, so its public path ("/") is rebased onto /ohif/
+# in index.html, in the bundles that load chunks, workers, WebAssembly and the microscopy viewer,
+# and in the style sheets' font URLs. build/ohif/current names the pinned version
+# (src/ainode/node/orthanc_config.py serves it from there).
+OHIF_VERSION=3.13.2
+OHIF_SHA512=5997719a9986eeba85816f5924b71b82bdd70ad2e2d4a0cd3e831a798e4f3deea3e06e1f8c48e393271933a0ba664d85f3b04ac457e9abe8dde715d907d13c10
+OHIF_MOUNT=/ohif/
+ohif_dir="build/ohif/$OHIF_VERSION"
+if [ ! -f "$ohif_dir/.ainode-installed" ]; then
+  echo "bootstrap: installing the OHIF viewer $OHIF_VERSION into $ohif_dir"
+  ohif_tmp=$(mktemp -d)
+  trap 'rm -rf "$ohif_tmp"' EXIT
+  tarball="$ohif_tmp/ohif-app-$OHIF_VERSION.tgz"
+  if command -v npm > /dev/null; then
+    (cd "$ohif_tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" > /dev/null)
+  else
+    curl -fsSL -o "$tarball" "https://registry.npmjs.org/@ohif/app/-/app-$OHIF_VERSION.tgz"
+  fi
+  echo "$OHIF_SHA512  $tarball" | sha512sum --check --status \
+    || { echo "bootstrap: $tarball does not match the pinned checksum" >&2; exit 1; }
+  tar -xzf "$tarball" -C "$ohif_tmp"
+  dist="$ohif_tmp/package/dist"
+  sed -i -e "s#window.PUBLIC_URL=\"/\"#window.PUBLIC_URL=\"$OHIF_MOUNT\"#g" \
+    -e "s#\\(src\\|href\\)=\"/\\([^/]\\)#\\1=\"$OHIF_MOUNT\\2#g" "$dist/index.html"
+  grep -l -e '__webpack_require__.p = "/";' -e "browserImportFunction('/" "$dist"/*.js \
+    | xargs -r sed -i -e "s#__webpack_require__.p = \"/\";#__webpack_require__.p = \"$OHIF_MOUNT\";#" \
+      -e "s#browserImportFunction('/#browserImportFunction('$OHIF_MOUNT#g"
+  sed -i "s#url(/\([^/]\)#url($OHIF_MOUNT\1#g" "$dist"/*.css
+  rm -rf "$ohif_dir"
+  mkdir -p "$(dirname "$ohif_dir")"
+  mv "$dist" "$ohif_dir"
+  echo "$OHIF_VERSION" > "$ohif_dir/.ainode-installed"
+  rm -rf "$ohif_tmp"
+  trap - EXIT
+fi
+ln -sfn "$OHIF_VERSION" build/ohif/current
+
 stamp="$VENV/.ainode-installed"
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

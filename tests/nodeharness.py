@@ -1,7 +1,9 @@
 """Starting real nodes for tests: Orthanc with the real plugin, Redis and a Celery worker.
 
 Every node gets its own temporary data directory and free ports, so test runs can go in
-parallel. Authentication is turned off explicitly unless a test asks for it.
+parallel. Authentication is turned off explicitly unless a test asks for it. A node started
+with ``supervised=True`` runs the supervisor's watch loop on a thread, as ``ainode up`` does in
+the foreground, so a part that dies (a killed worker) is restarted.
 """
 
 from __future__ import annotations
@@ -9,21 +11,50 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from ainode.credentials import orthanc_auth
+from ainode.jobs import JobState
+from ainode.node.processes import ManagedProcess
 from ainode.node.supervisor import Supervisor
+from ainode.phantoms import Geometry, SeriesIds, make_phantom, phantom_datasets
 from ainode.settings import Settings
 
 _used_ports: set[int] = set()
+
+# Rules for tests: CT series of 10 or more images go to the small, fast ONNX demo model.
+ONNX_RULES = """\
+version: 1
+mode: first-match
+rules:
+  - name: ct-demo
+    when:
+      all:
+        - Modality: CT
+        - InstanceCount: {ge: 10}
+    pipeline: demo-phantom-onnx
+    outputs: [SEG, RTSTRUCT]
+    destinations: [orthanc]
+"""
+
+
+def write_rules(path: Path, text: str) -> Path:
+    """Replace a rules file in one step, as an editor saving it would (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+    return path
 
 
 def free_port() -> int:
@@ -35,6 +66,23 @@ def free_port() -> int:
         if port not in _used_ports:
             _used_ports.add(port)
             return port
+
+
+def write_phantom(
+    folder: Path, slices: int = 20, *, modality: str = "CT", size: int = 48, seed: int = 0
+) -> tuple[list[Path], SeriesIds]:
+    """A small phantom series of new UIDs, one file per slice, in any modality."""
+    geometry = Geometry(shape=(slices, size, size), spacing=(3.0, 96.0 / size, 96.0 / size))
+    ids = SeriesIds()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, dataset in enumerate(
+        phantom_datasets(make_phantom(geometry, seed=seed), ids, modality=modality)
+    ):
+        path = folder / f"IM{index:05d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths, ids
 
 
 def node_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -64,6 +112,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class Node:
     settings: Settings
     supervisor: Supervisor
+    watcher: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -85,10 +134,81 @@ class Node:
         return response.json()
 
     def pid(self, service: str) -> int:
+        process = self.service(service).process
+        if process is None:
+            raise KeyError(service)
+        return process.pid
+
+    def service(self, name: str) -> ManagedProcess:
+        """One part of the node (redis, orthanc, worker), to stop, start or kill it."""
         for managed in self.supervisor.services:
-            if managed.name == service and managed.process is not None:
-                return managed.process.pid
-        raise KeyError(service)
+            if managed.name == name:
+                return managed
+        raise KeyError(name)
+
+    def restart(self, name: str) -> None:
+        """Stop a part and start it again, waiting until it answers."""
+        part = self.service(name)
+        part.stop()
+        part.start()
+        part.wait_ready()
+
+    def jobs(self, **query: str | int) -> list[dict[str, Any]]:
+        """GET /ai/jobs: every recorded decision (ignored ones too), newest first."""
+        response = self.get("/ai/jobs", params={"limit": 1000, **query})
+        response.raise_for_status()
+        return list(response.json()["jobs"])
+
+    def runs(self, series_uid: str) -> list[dict[str, Any]]:
+        """The series' decisions to run a pipeline (every record but the ignored ones)."""
+        return [j for j in self.jobs(series=series_uid) if j["state"] != JobState.IGNORED]
+
+    def wait_for_run(
+        self, series_uid: str, states: Iterable[str] = ("done", "failed"), timeout_s: float = 90
+    ) -> dict[str, Any]:
+        """The series' one job, once it is in one of ``states``."""
+        wanted = set(states)
+
+        def reached() -> dict[str, Any] | None:
+            runs = self.runs(series_uid)
+            assert len(runs) <= 1, f"more than one job for series {series_uid}: {runs}"
+            return runs[0] if runs and runs[0]["state"] in wanted else None
+
+        job: dict[str, Any] = wait_for(reached, timeout_s, 0.2, f"a job {sorted(wanted)}")
+        return job
+
+    def wait_for_decision(self, series_uid: str, timeout_s: float = 30) -> dict[str, Any]:
+        """The series' one recorded decision, once it exists."""
+
+        def recorded() -> dict[str, Any] | None:
+            found = self.jobs(series=series_uid)
+            assert len(found) <= 1, f"more than one decision for series {series_uid}: {found}"
+            return found[0] if found else None
+
+        decision: dict[str, Any] = wait_for(recorded, timeout_s, 0.2, "a routing decision")
+        return decision
+
+    def lookup(self, uid: str) -> str:
+        """Orthanc's id of the resource with this DICOM UID."""
+        response = self.post("/tools/lookup", data=uid)
+        response.raise_for_status()
+        found = response.json()
+        if len(found) != 1:
+            raise KeyError(f"Orthanc knows {len(found)} resources with UID {uid}")
+        return str(found[0]["ID"])
+
+    def study_series(self, study_uid: str, modality: str | None = None) -> list[dict[str, Any]]:
+        """The study's series in Orthanc (expanded), optionally only those of one modality."""
+        series = self.json(f"/studies/{self.lookup(study_uid)}/series")
+        return [
+            s for s in series if modality is None or s["MainDicomTags"].get("Modality") == modality
+        ]
+
+    def instance(self, instance_id: str) -> Dataset:
+        """One stored instance, read back by pydicom."""
+        response = self.get(f"/instances/{instance_id}/file")
+        response.raise_for_status()
+        return dcmread(BytesIO(response.content))
 
     def storescu(self, paths: Iterable[Path], *, calling_aet: str = "TESTSCU") -> None:
         """C-STORE with DCMTK's storescu, as a modality would."""
@@ -128,15 +248,28 @@ class Node:
         return int(self.json("/statistics")["CountInstances"])
 
     def stop(self) -> None:
-        self.supervisor.stop()
+        if self.watcher is None:
+            self.supervisor.stop()
+            return
+        self.supervisor.request_stop()  # the watch loop stops the parts, then returns
+        self.watcher.join(180)
+        if self.watcher.is_alive():
+            raise AssertionError("the supervisor's watch loop did not stop within 180 s")
 
 
-def start_node(data_dir: Path, **overrides: Any) -> Node:
+def start_node(data_dir: Path, *, supervised: bool = False, **overrides: Any) -> Node:
+    """Start a node; ``supervised`` also runs the loop that restarts parts that die."""
     settings = node_settings(data_dir, **overrides)
     supervisor = Supervisor(settings)
     supervisor.prepare()
     supervisor.start()
-    return Node(settings, supervisor)
+    watcher = None
+    if supervised:
+        watcher = threading.Thread(
+            target=supervisor.run_forever, name=f"supervisor-{settings.http_port}", daemon=True
+        )
+        watcher.start()
+    return Node(settings, supervisor, watcher)
 
 
 def wait_for(

@@ -27,6 +27,7 @@ from kombu.exceptions import OperationalError
 from ainode.broker import RUN_JOB_TASK
 from ainode.jobs import JobRequest, JobState
 from ainode.routing import queue_name
+from ainode.settings import Settings
 from ainode_plugin.jobstore import JobStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,16 @@ class RetryPolicy:
         )
         if any(duration <= timedelta(0) for duration in durations):
             raise ValueError("retry policy durations must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The operator's deadlines and attempts (``job_*`` settings); the rest as defaults."""
+        return cls(
+            max_attempts=settings.job_max_attempts,
+            queued_deadline=timedelta(seconds=settings.job_queued_deadline_s),
+            running_deadline=timedelta(seconds=settings.job_running_deadline_s),
+            backoff_base=timedelta(seconds=settings.job_retry_backoff_s),
+        )
 
     def backoff(self, attempts: int) -> timedelta:
         """Pause before re-sending a job that has been sent ``attempts`` times: 1x, 2x, 4x..."""

@@ -132,4 +132,5 @@ def answer(output: Any, response: Response) -> None:
         output.AnswerBuffer(response.body, response.content_type)
     else:
         output.SetHttpHeader("Content-Type", response.content_type)
-        output.SendHttpStatus(response.status, response.body)
+        text = response.body.decode("utf-8", errors="replace")  # the SDK takes text only here
+        output.SendHttpStatus(response.status, text, len(text.encode()))

@@ -10,20 +10,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from ainode.broker import make_celery, ping_workers
 from ainode.node.health import probe_redis
+from ainode.registry import Registry, RegistryError, load_registry
+from ainode.routing import KnownDestinations, RulesWatcher, Trigger
 from ainode.settings import Settings
+from ainode_plugin.dispatcher import Dispatcher, RetryPolicy, celery_sender
 from ainode_plugin.http import Request, Response, Router
+from ainode_plugin.interactive_routes import add_interactive_routes
+from ainode_plugin.job_routes import JobRoutes
+from ainode_plugin.jobstore import JobStore
+from ainode_plugin.routing_service import Evaluate, EvaluateStudy, RoutingService
+from ainode_plugin.ui_routes import register_ui
 
 log = logging.getLogger("ainode_plugin")
 
 WORKER_PING_CACHE_S = 3.0
+RULES_CHECK_S = 2.0  # how soon an edit of routing-rules.yaml takes effect
 
 
 def node_version() -> str:
@@ -64,7 +75,26 @@ class NodePlugin:
         self.router = Router()
         self._worker_ping: tuple[float, list[str]] = (0.0, [])
         self._ping_lock = threading.Lock()
+        self.registry = _load_registry(settings)
+        self.store = JobStore.in_data_dir(settings.data_dir)
+        known = {name for spec in self.registry for name in (spec.id, *spec.aliases)}
+        self.watcher = RulesWatcher(
+            settings.routing_rules,
+            known_pipelines=known,
+            destinations=KnownDestinations.from_settings(settings),
+        )
+        self.dispatcher = Dispatcher(
+            self.store, celery_sender(self.celery), policy=RetryPolicy.from_settings(settings)
+        )
+        self.routing = RoutingService(orthanc, self.store, self.watcher, self.dispatcher)
+        self.scheduler = BackgroundScheduler(daemon=True)
         self.router.add(r"/ai/health", "GET", self.health)
+        JobRoutes(
+            self.store, self.watcher, self.registry, self.routing, self.dispatcher, self.celery
+        ).register(self.router)
+        self.ui = register_ui(self.router, self)
+        if settings.interactive_enabled:
+            add_interactive_routes(self.router, settings.interactive_url)
 
     def workers(self) -> list[str]:
         """Workers answering Celery pings, cached briefly so health polls stay cheap."""
@@ -95,10 +125,58 @@ class NodePlugin:
         )
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
-        if change_type == self.orthanc.ChangeType.ORTHANC_STARTED:
-            log.info("Orthanc started; the node's plugin is ready")
-        elif change_type == self.orthanc.ChangeType.ORTHANC_STOPPED:
-            log.info("Orthanc stopping")
+        """Orthanc's change callback: enqueue and return (it runs on Orthanc's threads)."""
+        changes = self.orthanc.ChangeType
+        if change_type == changes.STABLE_SERIES:
+            self.routing.notify(Evaluate(resource_id, Trigger.SERIES))
+        elif change_type == changes.STABLE_STUDY:
+            self.routing.notify(EvaluateStudy(resource_id))
+        elif change_type == changes.ORTHANC_STARTED:
+            self.start_background()
+        elif change_type == changes.ORTHANC_STOPPED:
+            self.stop_background()
+
+    def start_background(self) -> None:
+        self.routing.start()
+        self.dispatcher.start(self.settings.dispatch_sweep_s)
+        self.scheduler.add_job(
+            self.watcher.check,
+            "interval",
+            seconds=RULES_CHECK_S,
+            id="rules",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.routing.sweep_changes,
+            "interval",
+            seconds=self.settings.change_sweep_s,
+            id="changes",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=_now(),
+        )
+        self.scheduler.start()
+        log.info("routing started: %s", self.watcher.status().as_dict()["rule_count"])
+
+    def stop_background(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        self.dispatcher.stop()
+        self.routing.stop()
+        self.store.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load_registry(settings: Settings) -> Registry:
+    """A broken models.yaml must not stop Orthanc from receiving images: log it, run no model."""
+    try:
+        return load_registry(settings.models_registry)
+    except (RegistryError, OSError) as error:
+        log.error("model registry not loaded, no model can run: %s", error)
+        return Registry([], settings.models_registry.parent)
 
 
 def load_plugin_settings(settings_file: str | None) -> Settings:
@@ -123,7 +201,9 @@ def start_plugin(orthanc: Any, settings_file: str | None) -> NodePlugin:
     root.handlers = [OrthancLogHandler(orthanc)]
     settings = load_plugin_settings(settings_file)
     root.setLevel(settings.log_level)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per run otherwise
     plugin = NodePlugin(orthanc, settings)
+    plugin.ui.attach(orthanc, plugin.router)  # Explorer extension, ingest counter
     plugin.router.register(orthanc)
     orthanc.RegisterOnChangeCallback(plugin.on_change)
     log.info("AI node plugin %s loaded: %s", node_version(), config_summary(settings))

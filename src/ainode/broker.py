@@ -6,6 +6,8 @@ Only configuration lives here: no task bodies, no heavy imports, so the Orthanc 
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from ainode.settings import Settings
 
@@ -34,6 +36,9 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def ping_workers(app: Celery, timeout_s: float = 1.0) -> list[str]:
-    """Names of the workers that answered a broadcast ping."""
-    replies = app.control.ping(timeout=timeout_s) or []
+    """Names of the workers that answered a broadcast ping; none when the broker is away."""
+    try:
+        replies = app.control.ping(timeout=timeout_s) or []
+    except (OSError, OperationalError, RedisError):  # down, restarting or still loading
+        return []
     return sorted(name for reply in replies for name in reply)

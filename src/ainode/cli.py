@@ -18,16 +18,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import requests
+from pydantic import ValidationError
 
 from ainode.credentials import orthanc_auth, read_credentials
 from ainode.node.health import collect_status
 from ainode.node.processes import StartError
 from ainode.node.supervisor import AlreadyRunningError, Supervisor, read_supervisor_pid
-from ainode.settings import Settings
+from ainode.settings import Settings, SettingsFileError, describe_settings_error
 
 log = logging.getLogger("ainode")
 
-LOG_PARTS = ("ainode", "orthanc", "redis", "worker")
+LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive")
 
 
 def _out(text: str) -> None:
@@ -175,11 +176,15 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps(jobs, indent=2))
         return 0
-    _out(f"{'id':36}  {'state':9}  {'rule':20}  {'pipeline':16}  error")
+    # A decision without a rule was made by a guard ("guard:result-modality") or because no
+    # rule matched ("no-rule-matched"): show that, and for ignored series the reason.
+    _out(f"{'id':36}  {'state':9}  {'rule / decided by':24}  {'pipeline':18}  error / reason")
     for job in jobs:
+        decided = job.get("rule") or job.get("decided_by") or "-"
+        note = job.get("error") or (job.get("reason") if job["state"] == "ignored" else "")
         _out(
-            f"{job['id']:36}  {job['state']:9}  {job.get('rule') or '-'!s:20}  "
-            f"{job.get('pipeline') or '-'!s:16}  {job.get('error') or ''}"
+            f"{job['id']:36}  {job['state']:9}  {decided!s:24}  "
+            f"{job.get('pipeline') or '-'!s:18}  {note or ''}"
         )
     return 0
 
@@ -263,7 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per instance otherwise
-    settings = Settings()
+    try:
+        settings = Settings()
+    except (ValidationError, SettingsFileError) as error:
+        sys.stderr.write(f"ainode: {describe_settings_error(error)}\n")
+        return 2
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     return func(settings, args)
 

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from ainode.queues import every_queue_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SETTINGS_FILE = REPO_ROOT / "configs" / "settings.yaml"
@@ -73,8 +75,34 @@ class Settings(BaseSettings):
     interactive_enabled: bool = True
     interactive_port: int = Field(default=8045, ge=1, le=65535)
     worker_concurrency: int = Field(default=1, ge=1)
-    worker_queues: list[str] = Field(default_factory=lambda: ["ainode.default"])
+    worker_queues: list[str] = Field(
+        default_factory=every_queue_name, description="Celery queues the local worker consumes"
+    )
     stable_age_s: int = Field(default=2, ge=1, description="Orthanc StableAge for series.")
+    change_sweep_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often Orthanc's change log is searched for series whose event was lost.",
+    )
+    dispatch_sweep_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the plugin sends pending jobs and checks stuck ones.",
+    )
+    job_queued_deadline_s: float = Field(
+        default=1800.0, gt=0, description="A sent job no worker started is sent again after this."
+    )
+    job_running_deadline_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A running job whose worker sent no news for this long is sent again.",
+    )
+    job_retry_backoff_s: float = Field(
+        default=30.0, gt=0, description="Pause before re-sending a stuck job; doubles each time."
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, description="Times a job is sent before a stuck job is failed."
+    )
     orthanc_binary: Path = Path("/usr/sbin/Orthanc")
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
     orthanc_verbose: bool = False
@@ -129,6 +157,10 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
 
+class SettingsFileError(ValueError):
+    """The settings file is missing, unreadable or not YAML; the message names the file."""
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads the settings file; a missing default file is fine, a missing named file is not."""
 
@@ -140,14 +172,34 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = Path(named) if named else DEFAULT_SETTINGS_FILE
         if not path.exists():
             if named:
-                raise FileNotFoundError(f"AINODE_SETTINGS names {path}, which does not exist")
+                raise SettingsFileError(f"AINODE_SETTINGS names {path}, which does not exist")
             return {}
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as error:
+            raise SettingsFileError(f"cannot read settings file {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            detail = " ".join(str(error).split())
+            raise SettingsFileError(f"settings file {path} is not valid YAML: {detail}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the settings file must be a mapping of setting: value")
+            raise SettingsFileError(f"{path}: the settings file must map setting: value")
         return data
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings; ``overrides`` win over file and environment (used by tests)."""
     return Settings(**overrides)
+
+
+def describe_settings_error(error: ValidationError | SettingsFileError) -> str:
+    """One line naming the setting (and its environment variable) that is wrong."""
+    if isinstance(error, SettingsFileError):
+        return str(error)
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"])
+    variable = "AINODE_" + "__".join(str(part) for part in first["loc"]).upper()
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return (
+        f"invalid setting {name} ({variable} or the settings file): {first['msg']}, "
+        f"got {first.get('input')!r}{more}"
+    )

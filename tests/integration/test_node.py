@@ -25,7 +25,7 @@ AINODE = [sys.executable, "-m", "ainode.cli"]
 def test_every_part_reports_healthy(node: Node) -> None:
     status = collect_status(node.settings)
     assert status.healthy, status.to_json()
-    assert set(status.parts) == {"redis", "orthanc", "plugin", "worker"}
+    assert set(status.parts) == {"redis", "orthanc", "plugin", "worker", "interactive"}
     health = node.json("/ai/health")
     assert health["orthanc"]["healthy"] and health["broker"]["healthy"]
     assert health["worker"]["healthy"], health
@@ -111,6 +111,7 @@ def test_cli_up_detach_status_down(tmp_path: Path) -> None:
             "orthanc": True,
             "plugin": True,
             "worker": True,
+            "interactive": True,
         }
     finally:
         down = subprocess.run(
@@ -140,7 +141,7 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         children = subprocess.run(
             ["pgrep", "-P", str(pids[0])], capture_output=True, text=True, check=False
         ).stdout.split()
-        assert len(children) == 3  # redis, orthanc, worker
+        assert len(children) == 4  # redis, orthanc, worker, interactive
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:
@@ -202,3 +203,71 @@ def test_a_second_node_on_the_same_data_directory_is_refused(node: Node) -> None
     )
     assert result.returncode == 1
     assert "already running" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "settings_text", "expected"),
+    [
+        ({"AINODE_HTTP_PORT": "99999"}, None, "invalid setting http_port (AINODE_HTTP_PORT"),
+        ({"AINODE_DICOM_AET": "lower case"}, None, "invalid setting dicom_aet"),
+        ({}, "http_port: [\n", "is not valid YAML"),
+        ({}, "- just\n- a list\n", "must map setting: value"),
+        ({"AINODE_SETTINGS": "/nonexistent/settings.yaml"}, None, "which does not exist"),
+    ],
+)
+def test_wrong_settings_stop_up_with_one_line_naming_them(
+    tmp_path: Path, environment: dict[str, str], settings_text: str | None, expected: str
+) -> None:
+    env = {**os.environ, "AINODE_DATA_DIR": str(tmp_path / "var"), **environment}
+    if settings_text is not None:
+        (tmp_path / "settings.yaml").write_text(settings_text)
+        env["AINODE_SETTINGS"] = str(tmp_path / "settings.yaml")
+    result = subprocess.run(
+        [*AINODE, "up"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "var").exists(), "nothing may start on wrong settings"
+
+
+def test_node_starts_and_stops_cleanly_twice_on_one_data_directory(
+    tmp_path: Path, phantom_series: list[Path]
+) -> None:
+    data_dir = tmp_path / "var"
+    first = start_node(data_dir)
+    first.storescu(phantom_series)
+    settings = first.settings
+    first.stop()
+    second = start_node(
+        data_dir,
+        http_port=settings.http_port,
+        dicom_port=settings.dicom_port,
+        redis_port=settings.redis_port,
+    )
+    try:
+        assert collect_status(second.settings).healthy
+        assert second.count_instances() == len(phantom_series), "storage survives a restart"
+    finally:
+        second.stop()
+    for name in ("orthanc", "redis", "worker", "interactive"):
+        assert not Path(f"/proc/{second.pid(name)}").exists()
+
+
+def test_health_reflects_a_stopped_worker_and_a_stopped_redis(fresh_node: Node) -> None:
+    services = {s.name: s for s in fresh_node.supervisor.services}
+    services["worker"].stop()
+    health = wait_for(
+        lambda: (h := fresh_node.json("/ai/health")) and not h["worker"]["healthy"] and h,
+        15,
+        0.5,
+        "the worker to be seen down",
+    )
+    assert health["broker"]["healthy"]
+    assert health["worker"]["detail"] == "no worker answered"
+    services["redis"].stop()
+    health = fresh_node.json("/ai/health")
+    assert not health["broker"]["healthy"]
+    assert "does not answer" in health["broker"]["detail"]
+    assert not health["worker"]["healthy"]
+    assert health["orthanc"]["healthy"], "Orthanc keeps serving without broker and worker"

@@ -1,18 +1,42 @@
-"""Celery tasks of the worker."""
+"""Celery tasks of the worker: thin wrappers that give each job its process-wide context."""
 
 from __future__ import annotations
 
 import logging
+import socket
+from functools import cache
 from typing import Any
+
+from celery import Task
 
 from ainode.broker import RUN_JOB_TASK
 from ainode.jobs import JobRequest
-from ainode_worker.celery_app import app
+from ainode_worker.celery_app import app, settings
+from ainode_worker.interactive.errors import UpstreamError
+from ainode_worker.jobrunner import JobReporter, WorkerContext, run_job
 
 log = logging.getLogger(__name__)
 
+TRANSIENT_RETRIES = 3
 
-@app.task(name=RUN_JOB_TASK)  # type: ignore[untyped-decorator]
-def run_job(payload: dict[str, Any]) -> None:
+
+@cache
+def context() -> WorkerContext:
+    """Built on the first job, once per worker process: models stay loaded between jobs."""
+    return WorkerContext.from_settings(settings, hostname=socket.gethostname())
+
+
+@cache
+def reporter() -> JobReporter:
+    return JobReporter(settings)
+
+
+@app.task(name=RUN_JOB_TASK, bind=True, max_retries=TRANSIENT_RETRIES)  # type: ignore[untyped-decorator]
+def run_job_task(self: Task, payload: dict[str, Any]) -> str:
     request = JobRequest.model_validate(payload)
-    log.info("job %s received (pipeline %s)", request.job_id, request.pipeline)
+    try:
+        return run_job(request, context(), reporter()).state.value
+    except UpstreamError as error:
+        # Orthanc did not answer: try again later; the job stays "running" meanwhile.
+        log.warning("job %s: %s; retrying", request.job_id, error)
+        raise self.retry(exc=error, countdown=5 * 2**self.request.retries) from error

@@ -77,4 +77,10 @@ def collect_status(settings: Settings) -> NodeStatus:
         record("worker", reason, "answers Celery pings")
     else:
         record("worker", "unknown: the broker is down", "")
+    if settings.interactive_enabled:
+        record(
+            "interactive",
+            probe_http(f"{settings.interactive_url}/health", None),
+            f"answers at {settings.interactive_url}",
+        )
     return status

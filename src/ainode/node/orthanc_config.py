@@ -1,4 +1,13 @@
-"""Orthanc's configuration: the base file in ``orthanc/`` overlaid with the node's settings."""
+"""Orthanc's configuration: the base file in ``orthanc/`` overlaid with the node's settings.
+
+When the OHIF viewer is installed (``scripts/bootstrap.sh`` extracts the prebuilt viewer into
+``build/ohif/``), Orthanc also serves it under ``/ohif/`` with its ServeFolders plugin, and the
+viewer's configuration (``app-config.js``, pointing at this node's own DICOMweb) is written into
+the data directory next to Orthanc's. The node's plugin answers the viewer's few dynamic paths
+(its configuration, ``index.html`` for the viewer's client-side routes); for that, the Python
+plugin must be loaded before ServeFolders: Orthanc hands a URI to the first plugin route that
+matches, in the order the plugins registered them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,11 @@ from ainode.settings import REPO_ROOT, Settings
 BASE_CONFIG = REPO_ROOT / "orthanc" / "orthanc.json"
 PLUGIN_ENTRY = REPO_ROOT / "plugin" / "entry.py"
 PLUGIN_LIBRARIES = ("libOrthancPython.so", "libOrthancDicomWeb.so")
+SERVE_FOLDERS_LIBRARY = "libServeFolders.so"  # loaded after PLUGIN_LIBRARIES, see above
+
+OHIF_DIR = REPO_ROOT / "build" / "ohif" / "current"  # the pinned version, set by bootstrap.sh
+OHIF_MOUNT = "/ohif"  # bootstrap.sh rebases the prebuilt viewer's public path onto this
+OHIF_CONFIG_FILENAME = "ohif-app-config.js"
 
 
 def render_orthanc_config(
@@ -44,6 +58,17 @@ def render_orthanc_config(
             "AINode": {"SettingsFile": str(settings_file), "SitePackages": site_packages},
         }
     )
+    serve_folders = settings.orthanc_plugins_dir / SERVE_FOLDERS_LIBRARY
+    if ohif_installed() and serve_folders.exists():
+        config["Plugins"].append(str(serve_folders))
+        config["ServeFolders"] = {
+            # Bundle names carry a content hash; index.html and app-config.js, which do not,
+            # are answered by the node's plugin without caching.
+            "AllowCache": True,
+            "GenerateETag": True,
+            "Extensions": {".mjs": "application/javascript", ".map": "application/json"},
+            "Folders": {OHIF_MOUNT: str(OHIF_DIR.resolve())},
+        }
     return config
 
 
@@ -53,4 +78,81 @@ def write_orthanc_config(settings: Settings, config: dict[str, Any]) -> Path:
     path = folder / "orthanc.json"
     path.touch(mode=0o600)  # it holds the credentials
     path.write_text(json.dumps(config, indent=2))
+    if OHIF_MOUNT in config.get("ServeFolders", {}).get("Folders", {}):
+        ohif_config_path(settings).write_text(render_ohif_app_config(config))
     return path
+
+
+def ohif_installed() -> bool:
+    return (OHIF_DIR / "index.html").is_file()
+
+
+def ohif_config_path(settings: Settings) -> Path:
+    """Where ``ainode up`` writes the viewer's ``app-config.js`` (the plugin serves it)."""
+    return settings.data_dir / "orthanc" / OHIF_CONFIG_FILENAME
+
+
+def render_ohif_app_config(config: dict[str, Any]) -> str:
+    """OHIF 3's ``window.config`` for this node: its own DICOMweb, on the viewer's origin.
+
+    The roots are made absolute in the browser from ``window.location.origin``, so the viewer
+    works under any host name or proxy in front of Orthanc, and the browser reuses its Basic
+    auth login for these same-origin requests.
+    """
+    dicomweb = config.get("DicomWeb", {})
+    root = "/" + str(dicomweb.get("Root", "/dicom-web/")).strip("/")
+    wado_uri = "/" + str(dicomweb.get("WadoRoot", "/wado")).strip("/")
+    app_config = {
+        "routerBasename": OHIF_MOUNT,
+        "extensions": [],
+        "modes": [],
+        "customizationService": {},
+        "showStudyList": True,
+        "maxNumberOfWebWorkers": 3,
+        "showLoadingIndicator": True,
+        "showCPUFallbackMessage": True,
+        "strictZSpacingForVolumeViewport": True,
+        "groupEnabledModesFirst": True,
+        "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 25},
+        "showErrorDetails": "always",
+        "defaultDataSourceName": "ainode",
+        "dataSources": [
+            {
+                "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+                "sourceName": "ainode",
+                "configuration": {
+                    "friendlyName": f"{config.get('Name', 'AI node')} (Orthanc DICOMweb)",
+                    "name": "ainode",
+                    "qidoRoot": root,
+                    "wadoRoot": root,
+                    "wadoUriRoot": wado_uri,
+                    # Orthanc's DICOMweb plugin: no includefield=all, exact matching only.
+                    "qidoSupportsIncludeField": False,
+                    "supportsReject": False,
+                    "supportsFuzzyMatching": False,
+                    "supportsWildcard": True,
+                    "imageRendering": "wadors",
+                    "thumbnailRendering": "wadors",
+                    "enableStudyLazyLoad": True,
+                    "staticWado": False,
+                    "singlepart": "bulkdata,video",
+                    "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
+                    "omitQuotationForMultipartRequest": True,
+                },
+            }
+        ],
+    }
+    return (
+        "/* OHIF viewer configuration written by `ainode up` (src/ainode/node/orthanc_config.py);\n"
+        " * rewritten at every start. */\n"
+        f"window.config = {json.dumps(app_config, indent=2)};\n"
+        "(function (sources) {\n"
+        "  var origin = window.location.origin;\n"
+        "  sources.forEach(function (source) {\n"
+        "    var c = source.configuration;\n"
+        "    ['qidoRoot', 'wadoRoot', 'wadoUriRoot'].forEach(function (key) {\n"
+        "      if (c[key].charAt(0) === '/') { c[key] = origin + c[key]; }\n"
+        "    });\n"
+        "  });\n"
+        "})(window.config.dataSources);\n"
+    )

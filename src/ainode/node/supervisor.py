@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import sysconfig
 import threading
 import time
@@ -16,6 +15,7 @@ from types import FrameType
 from typing import IO
 
 from ainode.credentials import ensure_credentials, orthanc_auth
+from ainode.node.commands import interactive_argv, orthanc_argv, worker_argv
 from ainode.node.health import probe_http, probe_redis, probe_worker
 from ainode.node.orthanc_config import render_orthanc_config, write_orthanc_config
 from ainode.node.processes import ManagedProcess, StartError
@@ -98,11 +98,7 @@ class Supervisor:
         services.append(
             ManagedProcess(
                 name="orthanc",
-                argv=[
-                    str(s.orthanc_binary),
-                    *(["--verbose"] if s.orthanc_verbose else []),
-                    str(orthanc_json),
-                ],
+                argv=orthanc_argv(s, orthanc_json),
                 log_file=s.logs_dir / "orthanc.log",
                 probe=lambda: probe_http(f"{s.http_url}/ai/health", auth),
                 env=env,
@@ -113,26 +109,21 @@ class Supervisor:
             services.append(
                 ManagedProcess(
                     name="worker",
-                    argv=[
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "ainode_worker.celery_app",
-                        "worker",
-                        "--loglevel",
-                        s.log_level,
-                        "--concurrency",
-                        str(s.worker_concurrency),
-                        "--queues",
-                        ",".join(s.worker_queues),
-                        "--hostname",
-                        f"worker@{s.node_name}-{s.http_port}",
-                        "--without-gossip",
-                        "--without-mingle",
-                    ],
+                    argv=worker_argv(s, f"{s.node_name}-{s.http_port}"),
                     log_file=s.logs_dir / "worker.log",
                     probe=lambda: probe_worker(s, timeout_s=0.5),
+                    env=env,
+                    cwd=REPO_ROOT,
+                    start_timeout_s=120.0,
+                )
+            )
+        if s.interactive_enabled:
+            services.append(
+                ManagedProcess(
+                    name="interactive",
+                    argv=interactive_argv(s),
+                    log_file=s.logs_dir / "interactive.log",
+                    probe=lambda: probe_http(f"{s.interactive_url}/health", None),
                     env=env,
                     cwd=REPO_ROOT,
                     start_timeout_s=120.0,
@@ -193,17 +184,25 @@ class Supervisor:
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("signal %d: stopping the node", signum)
-            self._stopping.set()
+            self.request_stop()
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run_forever` (on whatever thread it runs) to stop the node and return."""
+        self._stopping.set()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
     def run_forever(self) -> None:
-        """Foreground mode: restart a part that dies until a stop is requested."""
+        """Foreground mode: restart a part that dies until a stop is requested.
+
+        It may run on a background thread (tests do); :meth:`request_stop` then ends it, and
+        it stops the parts itself, so no part is restarted while another thread stops them.
+        """
         try:
             while not self._stopping.wait(1.0):
                 for service in self.services:
@@ -213,6 +212,8 @@ class Supervisor:
             self.stop()
 
     def _restart(self, service: ManagedProcess) -> None:
+        if self._stopping.is_set():
+            return  # the part was stopped on purpose
         now = time.monotonic()
         recent = [t for t in self._restarts.get(service.name, []) if now - t < RESTART_WINDOW_S]
         if len(recent) >= MAX_RESTARTS_IN_WINDOW:

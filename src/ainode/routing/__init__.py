@@ -5,6 +5,8 @@ Load once with :func:`load_rules` (or keep current with :class:`RulesWatcher`), 
 talks to Orthanc or Celery, so the plugin, the CLI and tests use the same code.
 """
 
+from ainode.queues import Pool, Priority, all_queue_names, queue_name
+
 from .attributes import (
     SYNTHETIC_ATTRIBUTES,
     AttributeValues,
@@ -16,7 +18,6 @@ from .conditions import Condition
 from .destinations import KnownDestinations, destination_label, parse_destination
 from .errors import Problem, RulesError
 from .loader import load_rules, parse_rules
-from .queues import Pool, Priority, all_queue_names, queue_name
 from .rules import (
     GUARD_NODE_OUTPUT,
     GUARD_RESULT_MODALITY,

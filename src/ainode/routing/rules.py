@@ -17,10 +17,10 @@ from typing import Protocol
 from pydantic import JsonValue
 
 from ainode.jobs import Destination, OutputKind
+from ainode.queues import Pool, Priority, queue_name
 
 from .attributes import AttributeValues, normalize_attributes
 from .conditions import Condition
-from .queues import Pool, Priority, queue_name
 from .schema import Action, MatchMode, Trigger
 
 # Modalities of objects that are not images to segment: results, plans, documents, states.

@@ -23,9 +23,9 @@ from pydantic import (
 )
 
 from ainode.jobs import OutputKind
+from ainode.queues import Pool, Priority
 
 from .errors import Location
-from .queues import Pool, Priority
 
 
 class MatchMode(StrEnum):

@@ -43,3 +43,9 @@ def queue_name(priority: Priority | str = Priority.NORMAL, pool: Pool | str | No
 def all_queue_names(pool: Pool | str | None = None) -> list[str]:
     """Every queue a worker of ``pool`` should consume, most urgent first."""
     return [queue_name(priority, pool) for priority in Priority]
+
+
+def every_queue_name() -> list[str]:
+    """All queues, most urgent first: what the one worker of a single-machine node consumes."""
+    pools: list[Pool | None] = [None, *Pool]
+    return [queue_name(priority, pool) for priority in Priority for pool in pools]

@@ -1,0 +1,230 @@
+"""The ``/ai`` REST routes for jobs, rules, models and explicit triggers.
+
+Routes stay thin: they parse, call the job store / rules / routing service, and shape JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
+
+from ainode.jobs import Destination, DestinationKind, JobState, JobUpdate, OutputKind
+from ainode.registry import Registry, UnknownModelError
+from ainode.routing import RulesWatcher, Trigger
+from ainode.routing.conditions import AllOf
+from ainode.routing.rules import Decision, Rule
+from ainode_plugin.dispatcher import Dispatcher
+from ainode_plugin.facts import FactsError, fetch_series_facts
+from ainode_plugin.http import HttpError, Request, Response, Router
+from ainode_plugin.jobstore import MAX_PAGE, InvalidTransition, Job, JobNotFound, JobStore
+from ainode_plugin.routing_service import RoutingService
+
+ORTHANC_ID = r"([0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8})"
+JOB_ID = r"([0-9a-f]{32}|[0-9a-f-]{36})"
+
+log = logging.getLogger(__name__)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return job.model_dump(mode="json", exclude={"request"}) | {
+        "outputs_requested": [o.value for o in job.request.outputs] if job.request else [],
+    }
+
+
+@dataclass
+class JobRoutes:
+    store: JobStore
+    watcher: RulesWatcher
+    registry: Registry
+    routing: RoutingService
+    dispatcher: Dispatcher
+    celery: Celery
+
+    def register(self, router: Router) -> None:
+        router.add(r"/ai/jobs", "GET", self.list_jobs)
+        router.add(rf"/ai/jobs/{JOB_ID}", "GET", self.get_job)
+        router.add(rf"/ai/jobs/{JOB_ID}/updates", "POST", self.job_update)
+        router.add(rf"/ai/jobs/{JOB_ID}/retry", "POST", self.retry)
+        router.add(rf"/ai/jobs/{JOB_ID}/cancel", "POST", self.cancel)
+        router.add(r"/ai/models", "GET", self.models)
+        router.add(r"/ai/rules", "GET", self.rules)
+        router.add(r"/ai/rules/reload", "POST", self.reload_rules)
+        router.add(rf"/ai/series/{ORTHANC_ID}/jobs", "GET", self.series_jobs)
+        router.add(rf"/ai/series/{ORTHANC_ID}/complete", "POST", self.series_complete)
+        router.add(rf"/ai/series/{ORTHANC_ID}/run", "POST", self.series_run)
+        router.add(rf"/ai/studies/{ORTHANC_ID}/complete", "POST", self.study_complete)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def list_jobs(self, request: Request) -> Response:
+        query = request.query
+        try:
+            state = JobState(query["state"]) if query.get("state") else None
+            limit = int(query.get("limit", 100))
+            offset = int(query.get("offset", 0))
+            jobs = self.store.list_jobs(
+                state=state,
+                series=query.get("series") or None,
+                rule=query.get("rule") or None,
+                limit=limit,
+                offset=offset,
+            )
+        except ValueError as error:
+            raise HttpError(
+                400, f"{error} (limit 1..{MAX_PAGE}, offset >= 0, a known state)"
+            ) from None
+        counts = {state.value: n for state, n in self.store.counts_by_state().items()}
+        return Response.json({"jobs": [job_json(j) for j in jobs], "counts": counts})
+
+    def get_job(self, request: Request) -> Response:
+        return Response.json(job_json(self._job(request.groups[0])))
+
+    def series_jobs(self, request: Request) -> Response:
+        jobs = self.store.list_jobs(series=request.groups[0], limit=MAX_PAGE)
+        return Response.json({"jobs": [job_json(j) for j in jobs]})
+
+    def job_update(self, request: Request) -> Response:
+        try:
+            update = JobUpdate.model_validate(request.json())
+        except ValidationError as error:
+            raise HttpError(400, f"not a job update: {error}") from None
+        if update.job_id != request.groups[0]:
+            raise HttpError(400, "the update's job_id differs from the URL's")
+        with _store_errors():
+            job, applied = self.store.apply_update(update)
+        return Response.json({"applied": applied, "state": job.state.value})
+
+    def retry(self, request: Request) -> Response:
+        with _store_errors():
+            job = self.store.retry(request.groups[0])
+        self.dispatcher.wake()
+        return Response.json(job_json(job))
+
+    def cancel(self, request: Request) -> Response:
+        with _store_errors():
+            job = self.store.cancel(request.groups[0])
+        try:
+            self.celery.control.revoke(job.id)  # spares the worker even fetching the series
+        except (OperationalError, OSError) as error:
+            # The cancel stands: a worker that receives the task later finds it cancelled.
+            log.warning("job %s cancelled; the broker did not take the revoke: %s", job.id, error)
+        return Response.json(job_json(job))
+
+    def _job(self, job_id: str) -> Job:
+        with _store_errors():
+            return self.store.get(job_id)
+
+    # -- models and rules -------------------------------------------------------------------
+
+    def models(self, request: Request) -> Response:
+        availability = self.registry.availability()
+        models = []
+        for spec in self.registry:
+            entry = spec.model_dump(mode="json")
+            entry["availability"] = availability[spec.id].model_dump(mode="json")
+            models.append(entry)
+        return Response.json({"models": models})
+
+    def rules(self, request: Request) -> Response:
+        status = self.watcher.status().as_dict()
+        rules = self.watcher.rules
+        matches = self.store.match_counts_by_rule()
+        status["rules"] = (
+            [
+                {
+                    "name": rule.name,
+                    "enabled": rule.enabled,
+                    "action": rule.action.value,
+                    "trigger": rule.trigger.value,
+                    "pipeline": rule.pipeline,
+                    "when": rule.condition.describe(),
+                    "outputs": [o.value for o in rule.outputs],
+                    "destinations": [d.model_dump(mode="json") for d in rule.destinations],
+                    "queue": rule.queue,
+                    "matches": matches.get(rule.name, 0),
+                }
+                for rule in rules.rules
+            ]
+            if status["loaded"]
+            else []
+        )
+        status["decisions"] = self.store.counts_by_decider()
+        return Response.json(status)
+
+    def reload_rules(self, request: Request) -> Response:
+        self.watcher.check()
+        status = self.watcher.status().as_dict()
+        return Response.json(status, 200 if status["error"] is None else 422)
+
+    # -- explicit triggers ------------------------------------------------------------------
+
+    def series_complete(self, request: Request) -> Response:
+        """The caller declares the series complete: decide now, without waiting for stability."""
+        decided = self._decide(request.groups[0], Trigger.SERIES)
+        return Response.json({"jobs": decided})
+
+    def study_complete(self, request: Request) -> Response:
+        """A whole study arrived (e.g. one STOW-RS request): decide for each of its series."""
+        study = self.routing.get_json(f"/studies/{request.groups[0]}")
+        decided = []
+        for series_id in study.get("Series", []):
+            decided += self._decide(series_id, Trigger.SERIES)
+            decided += self._decide(series_id, Trigger.STUDY)
+        return Response.json({"jobs": decided})
+
+    def series_run(self, request: Request) -> Response:
+        """Run a pipeline on a series by hand (the "Run AI" action), outside the rules."""
+        body = request.json() or {}
+        if not isinstance(body, dict) or not isinstance(body.get("pipeline"), str):
+            raise HttpError(400, 'expected {"pipeline": "<model or cascade id>", ...}')
+        try:
+            spec = self.registry.get(body["pipeline"])
+            outputs = tuple(OutputKind(o) for o in body.get("outputs", ["SEG"]))
+        except UnknownModelError as error:
+            raise HttpError(404, str(error).strip("'\"")) from None
+        except ValueError as error:
+            raise HttpError(400, f"unknown output: {error}") from None
+        rule = Rule(
+            name=f"manual:{spec.id}",
+            condition=AllOf(()),
+            pipeline=spec.id,
+            outputs=outputs,
+            destinations=(Destination(kind=DestinationKind.ORTHANC),),
+        )
+        facts = self._facts(request.groups[0])
+        decision = Decision(run=True, decided_by=rule.name, reason="requested by a user", rule=rule)
+        job, created = self.store.record_decision(facts, decision)
+        self.dispatcher.wake()
+        return Response.json(job_json(job) | {"created": created})
+
+    def _decide(self, series_id: str, trigger: Trigger) -> list[dict[str, Any]]:
+        decided = self.routing.decide(self._facts(series_id), trigger)
+        if any(new and job.request for job, new in decided):
+            self.dispatcher.wake()
+        return [job_json(job) | {"created": new} for job, new in decided]
+
+    def _facts(self, series_id: str) -> Any:
+        try:
+            return fetch_series_facts(self.routing.get_json, series_id)
+        except LookupError:
+            raise HttpError(404, f"no series {series_id}") from None
+        except FactsError as error:
+            raise HttpError(422, str(error)) from None
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The job store's refusals as HTTP answers: unknown job 404, impossible change 409."""
+    try:
+        yield
+    except JobNotFound as error:
+        raise HttpError(404, str(error)) from None
+    except InvalidTransition as error:
+        raise HttpError(409, str(error)) from None

@@ -1,0 +1,289 @@
+"""People see and drive the node in a browser: OHIF, the AI dashboard, Orthanc Explorer's AI
+panel and the interactive segmentation page, against one real node with authentication on.
+
+One node serves the module. Two phantom series are pushed by storescu at the start: one that a
+rule sends to the fast ONNX demo model (its SEG is what OHIF must show) and one that a rule sends
+to a model whose weights are missing here, so its job fails (what the dashboard retries).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from nodeharness import Node, start_node, wait_for, write_rules
+from numpy.typing import NDArray
+from PIL import Image
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Locator, Page, expect
+from prometheus_client.parser import text_string_to_metric_families
+
+from ainode.node.orthanc_config import ohif_installed
+from ainode.phantoms import Geometry, Phantom, SeriesIds, make_phantom, write_series
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+RULES = """\
+version: 1
+mode: first-match
+rules:
+  - name: ai-fails
+    when:
+      SeriesDescription: Failing CT
+    pipeline: totalseg-organs
+  - name: ai-seg
+    when:
+      all:
+        - Modality: CT
+        - InstanceCount: {ge: 10}
+    pipeline: demo-phantom-onnx
+    outputs: [SEG]
+    destinations: [orthanc]
+"""
+LIVER = 1
+
+
+@dataclass
+class Pushed:
+    ids: SeriesIds
+    phantom: Phantom
+    series_id: str  # Orthanc's
+    job: dict[str, Any]
+
+
+@dataclass
+class UiNode:
+    node: Node
+    segmented: Pushed  # its job is done: a SEG with Liver and Kidney is in Orthanc
+    failed: Pushed  # its job failed: the model's weights are missing
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiNode]:
+    assert ohif_installed(), "the OHIF viewer is not installed: run `make setup-test`"
+    folder = tmp_path_factory.mktemp("ui-node")
+    node = start_node(
+        folder / "node",
+        routing_rules=write_rules(folder / "rules.yaml", RULES),
+        auth_enabled=True,
+    )
+    try:
+        segmented = _push(node, folder, SeriesIds(accession_number="AISEG1"), "done")
+        failed = _push(
+            node,
+            folder,
+            SeriesIds(accession_number="AIFAIL1", series_description="Failing CT"),
+            "failed",
+        )
+        yield UiNode(node, segmented, failed)
+    finally:
+        node.stop()
+
+
+def _push(node: Node, folder: Path, ids: SeriesIds, state: str) -> Pushed:
+    phantom = make_phantom(Geometry(shape=(24, 64, 64), spacing=(3.0, 1.0, 1.0)), seed=3)
+    node.storescu(write_series(phantom, folder / ids.accession_number, ids))
+
+    def finished() -> dict[str, Any] | None:
+        jobs = [j for j in node.json(f"/ai/jobs?series={ids.series_uid}")["jobs"]]
+        return jobs[0] if jobs and jobs[0]["state"] in ("done", "failed") else None
+
+    job = wait_for(finished, 90, 0.3, f"the job of series {ids.accession_number}")
+    assert job["state"] == state, job
+    return Pushed(ids, phantom, job["series_id"], job)
+
+
+@pytest.fixture
+def page(new_page: Callable[[tuple[str, str] | None], Page], ui: UiNode) -> Page:
+    return new_page(ui.node.auth)
+
+
+def reddish_pixels(png: bytes) -> int:
+    """Pixels of the segmentation colours (red dominant) in a screenshot of a grey image."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((red - green > 40) & (red - blue > 40)).sum())
+
+
+def stable_screenshot(locator: Locator) -> bytes | None:
+    """A screenshot, or None while OHIF is re-rendering the element (it is then detached)."""
+    try:
+        return locator.screenshot()
+    except PlaywrightError:
+        return None
+
+
+def wait_for_overlay(locator: Locator, minimum: int) -> int:
+    def coloured() -> int:
+        shot = stable_screenshot(locator)
+        n = reddish_pixels(shot) if shot else 0
+        return n if n >= minimum else 0
+
+    return int(wait_for(coloured, 30, 0.5, f"at least {minimum} segmentation-coloured pixels"))
+
+
+def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+# -- OHIF ---------------------------------------------------------------------------------
+
+
+def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(page: Page, ui: UiNode) -> None:
+    page.goto(f"{ui.node.url}/ohif/")
+    page.get_by_text("Confirm and hide").click()  # OHIF's "investigational use" banner
+    page.get_by_text(ui.segmented.ids.accession_number).first.click()  # study list row
+    page.get_by_role("button", name="Basic Viewer").click()
+    page.get_by_text("Skip all").click()  # OHIF's first-visit tour
+    assert ui.segmented.ids.study_uid in page.url
+    viewport = page.locator(".cornerstone-viewport-element").first
+    expect(page.locator("[data-cy=viewport-overlay-top-left]").first).to_contain_text("Phantom CT")
+    before = wait_for(lambda: stable_screenshot(viewport), 10, 0.5, "a viewport screenshot")
+    assert reddish_pixels(before) < 50, "no segmentation before it is loaded"
+
+    seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="AI: Demo phantom")
+    expect(seg).to_have_count(1)
+    seg.dblclick()
+    page.get_by_role("button", name="Yes").click()  # "Do you want to open this Segmentation?"
+    wait_for_overlay(viewport, 1000)
+    page.locator("[data-cy=panelSegmentation-btn]").click()  # the segments, named by the SEG
+    expect(page.get_by_text("Liver", exact=True)).to_be_visible()
+    expect(page.get_by_text("Kidney", exact=True)).to_be_visible()
+
+
+# -- the AI dashboard ---------------------------------------------------------------------
+
+
+def test_dashboard_lists_the_jobs_and_retry_runs_a_failed_job_again(page: Page, ui: UiNode) -> None:
+    failed, done = ui.failed.job, ui.segmented.job
+    page.goto(f"{ui.node.url}/ai/ui/")
+    done_row = page.locator(f"#jobs tr[data-job='{done['id']}']")
+    expect(done_row).to_have_attribute("data-state", "done")
+    expect(done_row).to_contain_text("demo-phantom-onnx")
+    expect(done_row).to_contain_text("SEG")
+    failed_row = page.locator(f"#jobs tr[data-job='{failed['id']}']")
+    expect(failed_row).to_have_attribute("data-state", "failed")
+    expect(failed_row.locator("td.error")).to_contain_text("weights")
+    expect(page.locator("#models tr[data-model='totalseg-organs']")).to_contain_text("no")
+    expect(page.locator("#models tr[data-model='demo-phantom-onnx']")).to_contain_text("yes")
+    expect(page.locator("#rules tr[data-rule='ai-fails'] td.num")).to_have_text("1")
+    expect(page.locator("#rules tr[data-rule='ai-seg'] td.num")).to_have_text("1")
+    expect(page.locator("#worker-count")).not_to_have_text("0")
+
+    failed_row.locator("button.retry").click()
+    expect(page.locator("#message")).to_contain_text("retry requested")
+    # The worker runs it again (attempt 2) and it fails again; the table follows by itself.
+    expect(failed_row.locator("td").nth(6)).to_have_text("2", timeout=30_000)
+    expect(failed_row).to_have_attribute("data-state", "failed")
+    job = ui.node.json(f"/ai/jobs/{failed['id']}")
+    assert (job["state"], job["attempts"]) == ("failed", 2)
+
+
+# -- Orthanc Explorer ---------------------------------------------------------------------
+
+
+def test_explorer_shows_a_series_ai_jobs_and_runs_ai_on_it(page: Page, ui: UiNode) -> None:
+    page.goto(f"{ui.node.url}/app/explorer.html")
+    expect(page.locator("#ainode-dashboard-link")).to_have_attribute("href", "../ai/ui/")
+
+    page.goto(f"{ui.node.url}/app/explorer.html#series?uuid={ui.segmented.series_id}")
+    jobs = page.locator("#ainode-jobs-table")
+    expect(jobs.locator(f"tr[data-job='{ui.segmented.job['id']}']")).to_have_attribute(
+        "data-state", "done"
+    )
+    expect(page.locator("#ainode-series-ohif")).to_have_attribute(
+        "href", f"../ohif/viewer?StudyInstanceUIDs={ui.segmented.ids.study_uid}"
+    )
+    expect(page.locator("#ainode-series-interactive")).to_have_attribute(
+        "href", f"../ai/ui/interactive.html?series={ui.segmented.series_id}"
+    )
+
+    page.locator("#ainode-pipeline").select_option("demo-phantom-onnx")
+    page.locator("#ainode-run").click()
+    expect(page.locator("#ainode-run-message")).to_have_text("Job queued.")
+    manual = jobs.locator("tr", has_text="manual:demo-phantom-onnx")
+    expect(manual).to_have_attribute("data-state", "done", timeout=60_000)
+    runs = ui.node.json(f"/ai/series/{ui.segmented.series_id}/jobs")["jobs"]
+    assert {j["decided_by"] for j in runs} == {"ai-seg", "manual:demo-phantom-onnx"}
+
+
+# -- interactive segmentation -------------------------------------------------------------
+
+
+def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
+    page: Page, ui: UiNode
+) -> None:
+    truth = ui.segmented.phantom.labels == LIVER
+    z = int(np.argmax(truth.sum(axis=(1, 2))))  # the slice where the liver is largest
+    rows, cols = np.nonzero(truth[z])
+    nearest = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
+    y, x = int(rows[nearest]), int(cols[nearest])
+    slices, height, width = truth.shape
+
+    page.goto(f"{ui.node.url}/ai/ui/interactive.html?series={ui.segmented.series_id}")
+    page.locator("body[data-ready]").wait_for(state="attached")
+    canvas = page.locator("#canvas")
+    canvas.focus()
+    shown = slices // 2
+    key = "ArrowDown" if z > shown else "ArrowUp"
+    for _ in range(abs(z - shown)):
+        page.keyboard.press(key)
+    expect(page.locator("#slice-label")).to_have_text(f"{z + 1} / {slices}")
+    assert reddish_pixels(canvas.screenshot()) == 0
+
+    box = canvas.bounding_box()
+    assert box is not None
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
+        page.mouse.click(
+            box["x"] + (x + 0.5) / width * box["width"],
+            box["y"] + (y + 0.5) / height * box["height"],
+        )
+    assert answer.value.ok, answer.value.text()
+    result = answer.value.json()
+    sent = answer.value.request.post_data_json
+    assert sent is not None and sent["points"] == [{"x": x, "y": y, "z": z, "label": 1}]
+    mask = _decode(result["mask"])
+    assert mask.shape == truth.shape
+    assert dice(mask, truth) >= 0.85
+    expect(page.locator("#voxels")).to_have_text(f"{int(mask.sum())} voxels")
+    wait_for_overlay(canvas, 200)
+
+    page.locator("#label").fill("Liver (clicked)")
+    with page.expect_response(lambda r: r.url.endswith("/accept")) as accepted:
+        page.locator("#accept").click()
+    expect(page.locator("#stored-message")).to_contain_text("Stored as a DICOM-SEG")
+    seg = accepted.value.json()["seg"]
+    assert seg["stored"] is True
+    series = ui.node.json(f"/series/{seg['orthanc_series']}")
+    assert series["MainDicomTags"]["Modality"] == "SEG"
+    tags = ui.node.json(f"/instances/{seg['orthanc_id']}/tags?simplify")
+    assert tags["SegmentSequence"][0]["SegmentLabel"] == "Liver (clicked)"
+    assert tags["ReferencedSeriesSequence"][0]["SeriesInstanceUID"] == ui.segmented.ids.series_uid
+
+    # The plugin timed both forwarded requests for Prometheus.
+    metrics = ui.node.get("/ai/metrics").text
+    timed = {
+        (sample.labels["route"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "ainode_interactive_request_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    }
+    assert timed[("segment", "2xx")] >= 1 and timed[("accept", "2xx")] >= 1
+
+
+def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
+    """The interactive API's packbits-gzip-base64 mask (worker/ainode_worker/interactive)."""
+    shape = tuple(mask["shape"])
+    bits = np.unpackbits(
+        np.frombuffer(gzip.decompress(base64.b64decode(mask["data"])), dtype=np.uint8),
+        count=int(np.prod(shape)),
+    )
+    return bits.reshape(shape).astype(bool)

@@ -1,0 +1,139 @@
+"""Orthanc over its REST API: find a series, fetch its instances, store a result.
+
+The interactive service runs beside (not inside) Orthanc, so it talks HTTP like any client.
+A series may be named by Orthanc id or by SeriesInstanceUID (``/tools/lookup``). Instances are
+fetched in parallel because a 300-slice CT is 300 round trips.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+import requests
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+from requests.adapters import HTTPAdapter
+
+from ainode_worker.volume import Volume
+
+from .errors import SeriesNotFoundError, UpstreamError, VolumeUnusableError
+from .volumes import ORTHANC_ID, volume_from_datasets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    orthanc_id: str
+    series_orthanc_id: str
+    status: str
+
+
+class OrthancClient:
+    """The few Orthanc REST calls the interactive service needs."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: tuple[str, str] | None = None,
+        *,
+        timeout_s: float = 30.0,
+        parallel: int = 4,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.parallel = parallel
+        self._http = requests.Session()
+        self._http.auth = auth
+        adapter = HTTPAdapter(pool_connections=parallel, pool_maxsize=parallel * 2)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
+
+    def resolve_series(self, series: str) -> str:
+        """The Orthanc id of a series named by Orthanc id or SeriesInstanceUID."""
+        series = series.strip()
+        if ORTHANC_ID.match(series):
+            self._request("GET", f"/series/{series}", missing=f"no series with Orthanc id {series}")
+            return series
+        answer = self._request(
+            "POST", "/tools/lookup", data=series.encode(), missing="lookup failed"
+        ).json()
+        for match in answer if isinstance(answer, list) else []:
+            if match.get("Type") == "Series":
+                return str(match["ID"])
+        raise SeriesNotFoundError(f"Orthanc holds no series with SeriesInstanceUID '{series}'")
+
+    def instance_ids(self, series_id: str) -> list[str]:
+        info = self._request(
+            "GET", f"/series/{series_id}", missing=f"no series with Orthanc id {series_id}"
+        ).json()
+        return [str(i) for i in info.get("Instances", [])]
+
+    def instance_dataset(self, instance_id: str) -> Dataset:
+        raw = self._request(
+            "GET", f"/instances/{instance_id}/file", missing=f"instance {instance_id} vanished"
+        ).content
+        try:
+            return pydicom.dcmread(io.BytesIO(raw))
+        except InvalidDicomError as error:
+            raise VolumeUnusableError(f"instance {instance_id} is not valid DICOM") from error
+
+    def series_datasets(self, series_id: str) -> list[Dataset]:
+        ids = self.instance_ids(series_id)
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            return list(pool.map(self.instance_dataset, ids))
+
+    def store(self, dicom_bytes: bytes) -> StoredInstance:
+        answer = self._request(
+            "POST",
+            "/instances",
+            data=dicom_bytes,
+            headers={"Content-Type": "application/dicom"},
+            missing="Orthanc refused the instance",
+        ).json()
+        return StoredInstance(
+            orthanc_id=str(answer.get("ID", "")),
+            series_orthanc_id=str(answer.get("ParentSeries", "")),
+            status=str(answer.get("Status", "")),
+        )
+
+    def _request(self, method: str, path: str, *, missing: str, **kwargs: Any) -> requests.Response:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self._http.request(method, url, timeout=self.timeout_s, **kwargs)
+        except requests.RequestException as error:
+            raise UpstreamError(
+                f"Orthanc at {self.base_url} does not answer ({type(error).__name__}); "
+                "check that it runs and that the interactive service's Orthanc URL is right"
+            ) from error
+        if response.status_code == 404:
+            raise SeriesNotFoundError(missing)
+        if response.status_code in (401, 403):
+            raise UpstreamError(
+                f"Orthanc at {self.base_url} refused the credentials (HTTP {response.status_code})"
+            )
+        if response.status_code >= 400:
+            raise UpstreamError(
+                f"Orthanc answered HTTP {response.status_code} to {method} {path}: "
+                f"{response.text[:200]}"
+            )
+        return response
+
+
+class OrthancVolumeLoader:
+    """A :class:`~.volumes.VolumeLoader` reading series out of Orthanc."""
+
+    def __init__(self, client: OrthancClient) -> None:
+        self.client = client
+
+    def load(self, series: str) -> Volume:
+        series_id = self.client.resolve_series(series)
+        datasets: Sequence[Dataset] = self.client.series_datasets(series_id)
+        log.info("loaded series %s from Orthanc: %d instances", series_id, len(datasets))
+        return volume_from_datasets(datasets)

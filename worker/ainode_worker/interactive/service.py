@@ -1,0 +1,301 @@
+"""The interactive service without HTTP: sessions, backends, concurrency and results.
+
+One request runs as: pick the backend (unknown model: error before any work), find or create
+the session, take the session's lock (requests on one session run one after another), load
+the volume once per session, take a compute slot (at most ``max_concurrent`` segmentations
+run at once across sessions), segment, remember the mask, then let the store trim memory.
+Waiting for the session or for a slot is bounded by ``wait_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+
+from ainode_worker.volume import Volume
+
+from .accept import build_accepted_seg, dicom_bytes
+from .backends import Backend, build_backend
+from .config import AcceptedLabel, InteractiveConfig
+from .errors import (
+    BadRequestError,
+    BusyError,
+    NothingToAcceptError,
+    SeriesMismatchError,
+    UnknownModelError,
+)
+from .orthanc import OrthancClient, StoredInstance
+from .prompts import Box, Mask, Point, Prompts
+from .sessions import Clock, Session, SessionStore
+from .volumes import VolumeLoader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    queue_ms: float = 0.0  # waiting for the session and for a compute slot
+    load_ms: float = 0.0  # loading the series (first request of a session)
+    embed_ms: float = 0.0  # computing features (slice embeddings, smoothed volume)
+    decode_ms: float = 0.0  # prompt-dependent work
+    total_ms: float = 0.0
+    features_computed: int = 0
+    features_reused: int = 0
+    slices_decoded: int = 0
+    decodes_reused: int = 0
+    compute_started_s: float = 0.0  # server monotonic clock: lets clients order requests
+    compute_finished_s: float = 0.0
+
+    def rounded(self) -> dict[str, float | int]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class SegmentResult:
+    session: str
+    series_uid: str
+    model: str
+    mask: Mask
+    volume: Volume
+    timings: Timings
+
+    @property
+    def voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class AcceptResult:
+    session: str
+    series_uid: str
+    mask: Mask
+    seg: Dataset
+    stored: StoredInstance | None
+
+    def seg_bytes(self) -> bytes:
+        return dicom_bytes(self.seg)
+
+
+class InteractiveService:
+    def __init__(
+        self,
+        config: InteractiveConfig,
+        loader: VolumeLoader,
+        *,
+        backends: Mapping[str, Backend] | None = None,
+        orthanc: OrthancClient | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.orthanc = orthanc
+        self.backends: dict[str, Backend] = (
+            dict(backends)
+            if backends is not None
+            else {
+                name: build_backend(name, model, gpu_min_free_bytes=config.gpu_min_free_bytes)
+                for name, model in config.models.items()
+            }
+        )
+        self._clock = clock
+        self.store = SessionStore(
+            max_total_bytes=config.max_total_bytes,
+            max_session_bytes=config.max_session_bytes,
+            idle_ttl_s=config.idle_ttl_s,
+            clock=clock,
+        )
+        self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        self._gauge_lock = threading.Lock()
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.started = time.monotonic()
+
+    def backend(self, model: str) -> Backend:
+        try:
+            return self.backends[model]
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown model '{model}'; this service offers: {', '.join(sorted(self.backends))}"
+            ) from None
+
+    def segment(
+        self,
+        *,
+        model: str,
+        series: str | None = None,
+        points: tuple[Point, ...] = (),
+        boxes: tuple[Box, ...] = (),
+        session: str | None = None,
+        use_previous_mask: bool = False,
+        keyed_session: str | None = None,
+    ) -> SegmentResult:
+        """Segment from prompts; ``keyed_session`` names a session that is made if missing."""
+        begin = time.perf_counter()
+        backend = self.backend(model)
+        state = self._session(series, session, keyed_session)
+        timings = Timings()
+        with self._locked(state):
+            source, timings.load_ms = self._ensure_volume(state, series)
+            view = state.view
+            previous = state.last_mask if use_previous_mask and state.last_model == model else None
+            prompts = Prompts(points=points, boxes=boxes, previous_mask=previous)
+            prompts.validate(source.shape)
+            backend.ensure_ready()
+            waited = time.perf_counter()
+            with self._slot():
+                timings.queue_ms += (time.perf_counter() - waited) * 1000.0
+                timings.compute_started_s = time.monotonic()
+                outcome = backend.segment(view, prompts, state.cache(model))
+                timings.compute_finished_s = time.monotonic()
+            state.last_mask = outcome.mask
+            state.last_model = model
+            state.requests += 1
+            self.store.touch(state)
+            self.store.enforce_budget(state)
+        timings.embed_ms = outcome.embed_ms
+        timings.decode_ms = outcome.decode_ms
+        timings.features_computed = outcome.features_computed
+        timings.features_reused = outcome.features_reused
+        timings.slices_decoded = outcome.slices_decoded
+        timings.decodes_reused = outcome.decodes_reused
+        timings.total_ms = (time.perf_counter() - begin) * 1000.0
+        log.info(
+            "segment %s session=%s voxels=%d load=%.0fms embed=%.0fms decode=%.0fms total=%.0fms",
+            model,
+            state.id,
+            int(outcome.mask.sum()),
+            timings.load_ms,
+            timings.embed_ms,
+            timings.decode_ms,
+            timings.total_ms,
+        )
+        return SegmentResult(state.id, source.series_uid, model, outcome.mask, source, timings)
+
+    def reset(self, session: str) -> dict[str, Any]:
+        """Forget the session's mask (start a new object); keep its volume and features."""
+        state = self.store.get(session)
+        with self._locked(state):
+            state.last_mask = None
+            state.last_model = None
+            self.store.touch(state)
+        return {"session": state.id, "reset": True}
+
+    def accept(
+        self, session: str, *, label: AcceptedLabel | None = None, store: bool | None = None
+    ) -> AcceptResult:
+        """The session's last mask as a DICOM-SEG, stored in Orthanc when configured."""
+        state = self.store.get(session)
+        with self._locked(state):
+            if state.last_mask is None or state.volume is None or not state.last_mask.any():
+                raise NothingToAcceptError(
+                    f"session {state.id} holds no mask yet; segment first, then accept"
+                )
+            mask = state.last_mask
+            volume = state.volume
+            model = state.last_model or "unknown"
+            seg = build_accepted_seg(
+                mask,
+                volume.datasets,
+                label or self.config.accepted_label,
+                model=model,
+                kind=self.backends[model].kind if model in self.backends else "unknown",
+                session_id=state.id,
+            )
+            self.store.touch(state)
+        stored = None
+        if (self.config.store_accepted if store is None else store) and self.orthanc is not None:
+            stored = self.orthanc.store(dicom_bytes(seg))
+            log.info(
+                "accepted mask of session %s stored as Orthanc %s", state.id, stored.orthanc_id
+            )
+        return AcceptResult(state.id, volume.series_uid, mask, seg, stored)
+
+    def close_session(self, session: str) -> bool:
+        return self.store.remove(session)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        return [s.summary(now) for s in self.store.sessions()]
+
+    def health(self) -> dict[str, Any]:
+        sessions = self.store.sessions()
+        return {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "models": [b.describe() for b in self.backends.values()],
+            "sessions": len(sessions),
+            "bytes": sum(s.nbytes for s in sessions),
+            "gpu_bytes": sum(s.gpu_nbytes for s in sessions),
+            "max_total_bytes": self.config.max_total_bytes,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "max_concurrent": self.config.max_concurrent,
+        }
+
+    def _session(self, series: str | None, session: str | None, keyed: str | None) -> Session:
+        if session:
+            return self.store.get(session)
+        if not series:
+            raise BadRequestError("name the series (or a session) to segment")
+        if keyed:
+            return self.store.get_or_create(keyed, series)
+        return self.store.create(series)
+
+    @contextmanager
+    def _locked(self, state: Session) -> Iterator[None]:
+        if not state.lock.acquire(timeout=self.config.wait_timeout_s):
+            raise BusyError(
+                f"session {state.id} stayed busy for {self.config.wait_timeout_s:g} s; try again"
+            )
+        try:
+            if state.closed:
+                self.store.get(state.id)  # raises SessionNotFoundError with the usual message
+            yield
+        finally:
+            state.lock.release()
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.config.wait_timeout_s):
+            raise BusyError(
+                f"all {self.config.max_concurrent} segmentation slots stayed busy for "
+                f"{self.config.wait_timeout_s:g} s; try again"
+            )
+        with self._gauge_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._gauge_lock:
+                self.in_flight -= 1
+            self._slots.release()
+
+    def _ensure_volume(self, state: Session, series: str | None) -> tuple[Volume, float]:
+        """The session's volume, loaded if it has none, and the milliseconds loading took."""
+        if state.volume is not None:
+            if series and series not in (state.series, state.volume.series_uid):
+                raise SeriesMismatchError(
+                    f"session {state.id} holds series {state.volume.series_uid}, "
+                    f"not '{series}'; send the request without a session to start a new one"
+                )
+            return state.volume, 0.0
+        started = time.perf_counter()
+        loaded = False
+        try:
+            volume = self.loader.load(state.series)
+            loaded = True
+        finally:
+            if not loaded:
+                # The session never became usable; drop it (a keyed one is made again).
+                self.store.remove(state.id)
+        state.volume = volume
+        self.store.enforce_budget(state)
+        return volume, (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,289 @@
+"""DICOM series -> :class:`Volume`, refusing anything that is not one regular stack of slices.
+
+Models assume a regular grid; a series with a missing slice, two acquisitions interleaved or a
+sheared (gantry-tilted) stack would be segmented wrongly without any error. So every such case is
+refused with a specific :class:`VolumeError` that says what is wrong, and nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+
+from ainode_worker.volume.errors import (
+    DuplicatePositionError,
+    GantryTiltError,
+    InconsistentSizeError,
+    LocalizerError,
+    MissingSliceError,
+    MixedOrientationError,
+    MixedSeriesError,
+    NoImageError,
+    NonUniformSpacingError,
+    PixelDataError,
+    SingleFrameError,
+    UnsupportedMultiFrameError,
+)
+from ainode_worker.volume.model import Vector, Volume
+
+log = logging.getLogger(__name__)
+
+# Objects that carry no image of the patient, whatever else they carry.
+_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG"}
+ORIENTATION_TOLERANCE = 1e-4  # difference of direction cosines
+SPACING_TOLERANCE = 0.05  # relative deviation of one slice gap from the median gap
+GAP_FACTOR = 1.5  # a gap this many times the median gap means missing slices
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One 2D image, from a single-frame object or one frame of a multi-frame object."""
+
+    position: npt.NDArray[np.float64]
+    orientation: npt.NDArray[np.float64]  # 6 direction cosines
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+    pixels: Callable[[], npt.NDArray[np.generic]]
+    dataset: Dataset
+
+
+def volume_from_datasets(datasets: Iterable[Dataset]) -> Volume:
+    """Build the volume of one series from its datasets, in any order.
+
+    Non-image objects are dropped, localizers too when other images remain. Raises a
+    :class:`~ainode_worker.volume.errors.VolumeError` subclass naming the problem.
+    """
+    images = [ds for ds in datasets if _is_image(ds)]
+    if not images:
+        raise NoImageError("the series holds no images (only non-image objects such as SR or SEG)")
+    _check_one_series(images)
+    localizers = [ds for ds in images if _is_localizer(ds)]
+    if localizers and len(localizers) == len(images):
+        raise LocalizerError(
+            "the series holds only localizer (scout) images, which are projections, not slices"
+        )
+    if localizers:
+        log.info("ignoring %d localizer image(s) in the series", len(localizers))
+        images = [ds for ds in images if not _is_localizer(ds)]
+    slices = [s for ds in images for s in _slices_of(ds)]
+    if len(slices) == 1:
+        raise SingleFrameError("the series has a single image; a 3D model needs a stack of slices")
+    return _stack(slices, images)
+
+
+def _is_image(ds: Dataset) -> bool:
+    if str(getattr(ds, "Modality", "")).upper() in _NON_IMAGE_MODALITIES:
+        return False
+    return "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+
+
+def _is_localizer(ds: Dataset) -> bool:
+    image_type = [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]
+    return "LOCALIZER" in image_type
+
+
+def _check_one_series(images: Sequence[Dataset]) -> None:
+    series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in images}
+    if len(series) > 1:
+        raise MixedSeriesError(f"images of {len(series)} different series were given as one")
+    frames = {str(getattr(ds, "FrameOfReferenceUID", "")) for ds in images}
+    if len(frames) > 1:
+        raise MixedSeriesError(f"images in {len(frames)} frames of reference were given as one")
+
+
+def _floats(value: object, count: int, what: str) -> npt.NDArray[np.float64]:
+    try:
+        array = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as error:
+        raise InconsistentSizeError(f"{what} is missing or not numeric") from error
+    if array.shape != (count,):
+        raise InconsistentSizeError(f"{what} must have {count} values, has {array.size}")
+    return array
+
+
+def _slices_of(ds: Dataset) -> list[_Slice]:
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        return _frames_of(ds, frames)
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        raise InconsistentSizeError("an image has no ImagePositionPatient/ImageOrientationPatient")
+    spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
+    return [
+        _Slice(
+            position=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient"),
+            orientation=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient"),
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            pixel_spacing=(float(spacing[0]), float(spacing[1])),
+            slope=float(getattr(ds, "RescaleSlope", 1) or 1),
+            intercept=float(getattr(ds, "RescaleIntercept", 0) or 0),
+            pixels=partial(_decode, ds),
+            dataset=ds,
+        )
+    ]
+
+
+def _frames_of(ds: Dataset, frames: int) -> list[_Slice]:
+    """The frames of an enhanced (multi-frame) image, from its functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame or len(per_frame) != frames:
+        raise UnsupportedMultiFrameError(
+            "multi-frame image without per-frame functional groups (positions) is not supported"
+        )
+
+    def group(index: int, name: str) -> Dataset | None:
+        for source in (per_frame[index], shared[0] if shared else None):
+            if source is not None and name in source and len(source[name].value):
+                item: Dataset = source[name].value[0]
+                return item
+        return None
+
+    decoded: list[npt.NDArray[np.generic]] = []
+
+    def frame_pixels(index: int) -> npt.NDArray[np.generic]:
+        if not decoded:
+            decoded.append(_decode(ds))
+        frame: npt.NDArray[np.generic] = decoded[0][index]
+        return frame
+
+    out = []
+    for index in range(frames):
+        position = group(index, "PlanePositionSequence")
+        orientation = group(index, "PlaneOrientationSequence")
+        measures = group(index, "PixelMeasuresSequence")
+        if position is None or orientation is None or measures is None:
+            raise UnsupportedMultiFrameError(
+                f"frame {index + 1} lacks plane position, orientation or pixel measures"
+            )
+        transform = group(index, "PixelValueTransformationSequence")
+        spacing = _floats(measures.get("PixelSpacing"), 2, "PixelSpacing")
+        out.append(
+            _Slice(
+                position=_floats(position.ImagePositionPatient, 3, "ImagePositionPatient"),
+                orientation=_floats(
+                    orientation.ImageOrientationPatient, 6, "ImageOrientationPatient"
+                ),
+                rows=int(ds.Rows),
+                columns=int(ds.Columns),
+                pixel_spacing=(float(spacing[0]), float(spacing[1])),
+                slope=float(getattr(transform, "RescaleSlope", 1) or 1),
+                intercept=float(getattr(transform, "RescaleIntercept", 0) or 0),
+                pixels=partial(frame_pixels, index),
+                dataset=ds,
+            )
+        )
+    return out
+
+
+def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
+    if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+        raise PixelDataError("colour images are not supported; a greyscale series is required")
+    syntax = (
+        ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.get("file_meta", {}) else None
+    )
+    try:
+        pixels: npt.NDArray[np.generic] = ds.pixel_array
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as error:
+        name = getattr(syntax, "name", None) or str(syntax or "unknown")
+        raise PixelDataError(
+            f"cannot decode pixel data (transfer syntax {name}): {error}"
+        ) from error
+    return pixels
+
+
+def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
+    first = slices[0]
+    for item in slices[1:]:
+        if np.max(np.abs(item.orientation - first.orientation)) > ORIENTATION_TOLERANCE:
+            raise MixedOrientationError(
+                "slices have different orientations (ImageOrientationPatient); "
+                "the series mixes planes or was reformatted"
+            )
+        if (item.rows, item.columns) != (first.rows, first.columns):
+            raise InconsistentSizeError(
+                f"slices differ in size: {first.rows}x{first.columns} and "
+                f"{item.rows}x{item.columns}"
+            )
+        if not np.allclose(item.pixel_spacing, first.pixel_spacing, rtol=1e-4):
+            raise InconsistentSizeError(
+                f"slices differ in pixel spacing: {first.pixel_spacing} and {item.pixel_spacing} mm"
+            )
+    row_direction = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
+    column_direction = first.orientation[3:] / np.linalg.norm(first.orientation[3:])
+    normal = np.cross(row_direction, column_direction)
+    distances = np.array([float(np.dot(s.position, normal)) for s in slices])
+    order = np.argsort(distances, kind="stable")
+    slices = [slices[i] for i in order]
+    distances = distances[order]
+    gaps = np.diff(distances)
+    duplicates = int(np.sum(gaps < 1e-3))
+    if duplicates:
+        raise DuplicatePositionError(
+            f"{duplicates} slice(s) share a position with another slice "
+            "(several acquisitions or echoes in one series?)"
+        )
+    spacing = float(np.median(gaps))
+    if np.max(gaps) > GAP_FACTOR * spacing:
+        where = int(np.argmax(gaps))
+        missing = round(float(gaps[where]) / spacing) - 1
+        raise MissingSliceError(
+            f"about {missing} slice(s) missing between positions {distances[where]:.2f} and "
+            f"{distances[where + 1]:.2f} mm along the normal (usual spacing {spacing:.3g} mm)"
+        )
+    deviation = float(np.max(np.abs(gaps - spacing)) / spacing)
+    if deviation > SPACING_TOLERANCE:
+        raise NonUniformSpacingError(
+            f"slice spacing varies by {deviation:.0%} (more than {SPACING_TOLERANCE:.0%}); "
+            "a regular grid is required"
+        )
+    _check_tilt(slices, normal, spacing, min(first.pixel_spacing))
+    array = np.empty((len(slices), first.rows, first.columns), dtype=np.float32)
+    for index, item in enumerate(slices):
+        pixels = item.pixels()
+        if pixels.shape != (first.rows, first.columns):
+            raise PixelDataError(f"a frame decodes to {pixels.shape}, not Rows x Columns")
+        array[index] = pixels.astype(np.float32) * np.float32(item.slope) + np.float32(
+            item.intercept
+        )
+    datasets = [s.dataset for s in slices] if len(images) == len(slices) else list(images)
+    return Volume(
+        array=array,
+        spacing=(spacing, first.pixel_spacing[0], first.pixel_spacing[1]),
+        origin=_vector(slices[0].position),
+        row_direction=_vector(row_direction),
+        column_direction=_vector(column_direction),
+        series_uid=str(getattr(images[0], "SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(getattr(images[0], "FrameOfReferenceUID", "")),
+        datasets=datasets,
+        modality=str(getattr(images[0], "Modality", "")),
+    )
+
+
+def _check_tilt(
+    slices: Sequence[_Slice], normal: npt.NDArray[np.float64], spacing: float, pixel: float
+) -> None:
+    """Refuse stacks whose slice origins drift within the image plane (a sheared grid)."""
+    offsets = np.array([s.position - slices[0].position for s in slices])
+    in_plane = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
+    if drift > 0.5 * pixel:
+        span = float((slices[-1].position - slices[0].position) @ normal)
+        angle = float(np.degrees(np.arctan2(drift, abs(span)))) if span else 90.0
+        raise GantryTiltError(
+            f"slices are sheared by about {angle:.1f} degrees (gantry tilt): their origins drift "
+            f"{drift:.1f} mm within the image plane; resample the series without tilt first"
+        )
+
+
+def _vector(values: npt.NDArray[np.float64]) -> Vector:
+    return (float(values[0]), float(values[1]), float(values[2]))
