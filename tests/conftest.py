@@ -6,15 +6,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodeharness import Node, start_node
+from nodeharness import Node, start_node, write_rules
 
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """One real node shared by the tests that only read from it or add their own series."""
-    started = start_node(tmp_path_factory.mktemp("node"))
+    """One real node shared by the tests that only read from it or add their own series.
+
+    Its rules route nothing, so no result series appears while a test counts instances.
+    """
+    folder = tmp_path_factory.mktemp("node")
+    rules = write_rules(folder / "rules.yaml", "version: 1\nmode: first-match\nrules: []\n")
+    started = start_node(folder / "node", routing_rules=rules)
     yield started
     started.stop()
 

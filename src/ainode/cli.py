@@ -217,6 +217,16 @@ def cmd_creds(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
+    from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
+
+    slices, rows, columns = args.shape
+    phantom = make_phantom(Geometry(shape=(slices, rows, columns)), seed=args.seed)
+    paths = write_series(phantom, Path(args.folder), SeriesIds())
+    _out(f"wrote a {slices}x{rows}x{columns} CT phantom ({len(paths)} files) to {args.folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ainode", description=__doc__)
     parser.add_argument("--settings", help="settings file (default configs/settings.yaml)")
@@ -254,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
+
+    sample = sub.add_parser("sample", help="write a synthetic CT series with known organs")
+    sample.add_argument("folder")
+    sample.add_argument(
+        "--shape", type=int, nargs=3, default=(48, 64, 64), metavar=("SLICES", "ROWS", "COLUMNS")
+    )
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=cmd_sample)
 
     creds = sub.add_parser("creds", help="print the generated user:password")
     creds.set_defaults(func=cmd_creds)

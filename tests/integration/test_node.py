@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from nodeharness import Node, node_settings, settings_env, start_node, wait_for
+from pydicom import dcmread
 
 from ainode.node.health import collect_status
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
@@ -247,7 +248,10 @@ def test_node_starts_and_stops_cleanly_twice_on_one_data_directory(
     )
     try:
         assert collect_status(second.settings).healthy
-        assert second.count_instances() == len(phantom_series), "storage survives a restart"
+        # The series survives the restart whole (the node may meanwhile have added its results).
+        series_uid = dcmread(phantom_series[0]).SeriesInstanceUID
+        series = second.json(f"/series/{second.lookup(series_uid)}")
+        assert len(series["Instances"]) == len(phantom_series), "storage survives a restart"
     finally:
         second.stop()
     for name in ("orthanc", "redis", "worker", "interactive"):
@@ -271,3 +275,19 @@ def test_health_reflects_a_stopped_worker_and_a_stopped_redis(fresh_node: Node) 
     assert "does not answer" in health["broker"]["detail"]
     assert not health["worker"]["healthy"]
     assert health["orthanc"]["healthy"], "Orthanc keeps serving without broker and worker"
+
+
+def test_ainode_sample_writes_a_series_the_node_accepts(node: Node, tmp_path: Path) -> None:
+    folder = tmp_path / "sample"
+    env = settings_env(node.settings)
+    made = subprocess.run(
+        [*AINODE, "sample", str(folder), "--shape", "12", "32", "32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "12 files" in made.stdout
+    before = node.count_instances()
+    node.storescu([folder])
+    assert node.count_instances() == before + 12
