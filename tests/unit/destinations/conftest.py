@@ -13,12 +13,13 @@ import numpy as np
 import pydicom
 import pytest
 from ainode_worker.results import Provenance, export_results
+from nodeharness import free_port
 
 from ainode.jobs import OutputKind
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 from ainode.registry import Code, LabelSpec
 
-from .peers import OrthancServer, StoreScp, free_port, start_orthanc, start_storescp, stop
+from .peers import OrthancServer, StoreScp, start_orthanc, start_storescp, stop
 
 ANATOMY = Code(value="123037004", meaning="Anatomical Structure")
 LABELS = [

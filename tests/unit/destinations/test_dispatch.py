@@ -12,11 +12,12 @@ from ainode_worker.destinations import (
     pending_statuses,
     send_to_destinations,
 )
+from nodeharness import free_port
 
 from ainode.jobs import Destination, DestinationKind
 from ainode.settings import DicomWebServer, RemoteModality, Settings
 
-from .peers import PASSWORD, USER, OrthancServer, StoreScp, free_port, start_storescp, stop
+from .peers import PASSWORD, USER, OrthancServer, StoreScp, start_storescp, stop
 
 POLICY = RetryPolicy(rounds=3, first_delay_s=0.5, factor=2.0)
 

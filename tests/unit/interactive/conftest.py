@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from nodeharness import free_port
 
-from .helpers import OrthancServer, free_port
+from .helpers import OrthancServer
 
 REPO = Path(__file__).resolve().parents[3]
 ORTHANC = Path("/usr/sbin/Orthanc")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import uvicorn
 from ainode_worker.interactive.volumes import volume_from_datasets
 from ainode_worker.volume import Volume
 from fastapi import FastAPI
+from nodeharness import free_port
 from pydicom import Dataset
 from scipy import ndimage as ndi
 
@@ -49,12 +49,6 @@ def organ_click(phantom: Phantom, label: int) -> tuple[int, int, int]:
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

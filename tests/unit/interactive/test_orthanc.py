@@ -13,10 +13,11 @@ from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
 from fastapi.testclient import TestClient
+from nodeharness import free_port
 
 from ainode.phantoms import Geometry
 
-from .helpers import OrthancServer, PhantomSeries, dice, free_port, organ_click, phantom_series
+from .helpers import OrthancServer, PhantomSeries, dice, organ_click, phantom_series
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,11 @@ from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
 from ainode_worker.interactive.volumes import InMemoryVolumeLoader
+from nodeharness import free_port
 
 from ainode.phantoms import Geometry
 
-from .helpers import PhantomSeries, ServedApp, dice, free_port, organ_click, phantom_series
+from .helpers import PhantomSeries, ServedApp, dice, organ_click, phantom_series
 
 
 @pytest.fixture(scope="module")

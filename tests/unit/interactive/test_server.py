@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import requests
-
-from .helpers import free_port
+from nodeharness import free_port
 
 
 def test_module_entry_point_serves_health(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from ainode_plugin.jobstore import JobStore
-from jobstore_helpers import Clock, RedisServer, free_port
+from jobstore_helpers import Clock, RedisServer
+from nodeharness import free_port
 
 
 @pytest.fixture

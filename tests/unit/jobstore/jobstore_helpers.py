@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import textwrap
 import time
@@ -85,12 +84,6 @@ def series_facts(
 
 def decide(facts: SeriesFacts, rules: RuleSet = RULES) -> list[Decision]:
     return rules.evaluate(facts)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:
