@@ -17,6 +17,7 @@ import numpy as np
 from ainode_worker.results import Provenance, save_dicom, write_rtstruct, write_seg
 from pydicom import Dataset
 
+from ainode.bench import record
 from ainode.jobs import OutputKind
 from ainode.phantoms import Geometry, Phantom, phantom_datasets
 from ainode.registry import Code, LabelSpec
@@ -103,6 +104,9 @@ def main() -> None:
             f"| {kind.value} | {build_s:.2f} | {save_s:.2f} | {total:.2f} | {size / 1e6:.1f} "
             f"| {total / binary_total:.2f} | {size / binary_size:.3f} |"
         )
+        grid = f"{args.size}x{args.size}x{args.slices}, {args.labels} labels"
+        record("export", f"{kind.value} build+save, {grid}", total, "s", baseline=binary_total)
+        record("export", f"{kind.value} file size, {grid}", size / 1e6, "MB", binary_size / 1e6)
 
 
 if __name__ == "__main__":

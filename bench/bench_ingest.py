@@ -1,12 +1,14 @@
 """Ingest benchmark: C-STORE of a 300-slice 256x256 CT into the tuned node vs Orthanc's defaults.
 
-Run: ``.venv/bin/python bench/bench_ingest.py``. Starts, side by side in one run, a plain Orthanc
-with Debian's default settings and a real node (``ainode`` supervisor, tuned configuration), then
-sends the same series with ``storescu`` and with ``ainode push`` and prints a Markdown table.
+Run: ``.venv/bin/python bench/bench_ingest.py [--slices 300]``. Starts, side by side in one run, a
+plain Orthanc with Debian's default settings and a real node (``ainode`` supervisor, tuned
+configuration), then sends the same series with ``storescu`` and with ``ainode push`` and prints
+a Markdown table.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ from pydicom import dcmread
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodeharness import free_port, start_node
 
+from ainode.bench import record
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 from ainode.push import push_paths
 
@@ -89,9 +92,12 @@ def default_orthanc(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=SLICES)
+    slices = parser.parse_args().slices
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        phantom = make_phantom(Geometry(shape=(SLICES, 256, 256), spacing=(1.0, 0.8, 0.8)))
+        phantom = make_phantom(Geometry(shape=(slices, 256, 256), spacing=(1.0, 0.8, 0.8)))
         folder = work / "series"
         write_series(phantom, folder, SeriesIds())
         rows: list[tuple[str, float]] = []
@@ -120,7 +126,7 @@ def main() -> None:
 
     baseline = rows[0][1]
     out = [
-        f"Ingest of one {SLICES}-slice 256x256 CT series "
+        f"Ingest of one {slices}-slice 256x256 CT series "
         f"({platform.machine()}, {os.cpu_count()} cores)",
         "",
         "| path | seconds | instances/s | speed-up vs defaults |",
@@ -128,7 +134,14 @@ def main() -> None:
     ]
     for name, seconds in rows:
         out.append(
-            f"| {name} | {seconds:.2f} | {SLICES / seconds:.0f} | {baseline / seconds:.1f}x |"
+            f"| {name} | {seconds:.2f} | {slices / seconds:.0f} | {baseline / seconds:.1f}x |"
+        )
+        record(
+            "ingest",
+            f"{name}, {slices}x256x256",
+            slices / seconds,
+            "instances/s",
+            baseline=slices / baseline,
         )
     sys.stdout.write("\n".join(out) + "\n")
 

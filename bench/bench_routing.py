@@ -35,6 +35,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodeharness import ONNX_RULES, Node, node_settings, start_node, wait_for, write_rules
 
+from ainode.bench import record
 from ainode.node.orthanc_config import render_orthanc_config
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
@@ -206,6 +207,7 @@ def main() -> None:
             f"| {label} | {median(values):.0f} | {min(values):.0f} | {max(values):.0f} | "
             f"{ratio:.3f} |"
         )
+        record("routing", f"ingest, {label}", median(values), "instances/s", median(rates["plain"]))
     out += [
         "",
         "| from the last instance stored to | median s | min | max |",
@@ -220,6 +222,7 @@ def main() -> None:
     for key, label in steps.items():
         values = delays[key]
         out.append(f"| {label} | {median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+        record("routing", f"last instance stored -> {label}", median(values), "s")
     if failed:
         out += ["", f"{failed} of {args.rounds} jobs failed; see the routing node's worker log"]
     sys.stdout.write("\n".join(out) + "\n")

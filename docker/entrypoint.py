@@ -22,9 +22,7 @@ import socket
 import sys
 import sysconfig
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,53 +30,41 @@ from ainode.credentials import orthanc_auth
 from ainode.node.commands import orthanc_argv, worker_argv
 from ainode.node.health import probe_http
 from ainode.node.orthanc_config import render_orthanc_config, write_orthanc_config
-from ainode.settings import Settings
+from ainode.settings import PostgresIndex, Settings
 
 log = logging.getLogger("ainode.entrypoint")
-
-POSTGRES_INDEX_LIBRARY = "libOrthancPostgreSQLIndex.so"
 
 
 class DeploymentError(RuntimeError):
     """The container's environment cannot run this part; the message says what to set."""
 
 
-@dataclass(frozen=True)
-class PostgresIndex:
-    """Orthanc's index in PostgreSQL (the storage stays in the data volume)."""
+def postgres_index(environ: Mapping[str, str]) -> PostgresIndex | None:
+    """Read ``POSTGRES_HOST``/``_PORT``/``_DB``/``_USER``/``_PASSWORD``; no host: SQLite.
 
-    host: str
-    port: int
-    database: str
-    username: str
-    password: str
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> PostgresIndex | None:
-        """Read ``POSTGRES_HOST``/``_PORT``/``_DB``/``_USER``/``_PASSWORD``; no host: SQLite.
-
-        These are the names the official ``postgres`` image reads, so one ``.env`` feeds both.
-        """
-        host = environ.get("POSTGRES_HOST", "").strip()
-        if not host:
-            return None
-        password = environ.get("POSTGRES_PASSWORD", "")
-        if not password:
-            raise DeploymentError(
-                f"POSTGRES_HOST is {host!r} but POSTGRES_PASSWORD is empty: set it in .env"
-            )
-        port_text = environ.get("POSTGRES_PORT", "5432")
-        try:
-            port = int(port_text)
-        except ValueError as error:
-            raise DeploymentError(f"POSTGRES_PORT must be a number, not {port_text!r}") from error
-        return cls(
-            host=host,
-            port=port,
-            database=environ.get("POSTGRES_DB", "orthanc"),
-            username=environ.get("POSTGRES_USER", "orthanc"),
-            password=password,
+    These are the names the official ``postgres`` image reads, so one ``.env`` feeds both; they
+    become the node's ``postgresql`` settings, rendered by the same code as ``ainode up``'s.
+    """
+    host = environ.get("POSTGRES_HOST", "").strip()
+    if not host:
+        return None
+    password = environ.get("POSTGRES_PASSWORD", "")
+    if not password:
+        raise DeploymentError(
+            f"POSTGRES_HOST is {host!r} but POSTGRES_PASSWORD is empty: set it in .env"
         )
+    port_text = environ.get("POSTGRES_PORT", "5432")
+    try:
+        port = int(port_text)
+    except ValueError as error:
+        raise DeploymentError(f"POSTGRES_PORT must be a number, not {port_text!r}") from error
+    return PostgresIndex(
+        host=host,
+        port=port,
+        database=environ.get("POSTGRES_DB", "orthanc"),
+        username=environ.get("POSTGRES_USER", "orthanc"),
+        password=password,
+    )
 
 
 def orthanc_credentials(settings: Settings) -> tuple[str, str] | None:
@@ -99,28 +85,11 @@ def orthanc_credentials(settings: Settings) -> tuple[str, str] | None:
     return settings.orthanc_username, settings.orthanc_password
 
 
-def with_postgres_index(
-    config: dict[str, Any], settings: Settings, index: PostgresIndex
-) -> dict[str, Any]:
-    """Add the PostgreSQL index plugin and its section to a rendered configuration."""
-    library = settings.orthanc_plugins_dir / POSTGRES_INDEX_LIBRARY
-    return {
-        **config,
-        "Plugins": [*config.get("Plugins", []), str(library)],
-        "PostgreSQL": {
-            "EnableIndex": True,
-            "EnableStorage": False,
-            "Host": index.host,
-            "Port": index.port,
-            "Database": index.database,
-            "Username": index.username,
-            "Password": index.password,
-        },
-    }
-
-
 def prepare_orthanc(settings: Settings, environ: Mapping[str, str]) -> Path:
     """Write the plugin's settings file and Orthanc's configuration; return the latter's path."""
+    index = postgres_index(environ)
+    if index is not None:
+        settings = settings.model_copy(update={"orthanc_index": "postgresql", "postgresql": index})
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = settings.run_dir / "settings.json"
     settings_file.touch(mode=0o600)  # it holds the Orthanc password
@@ -131,9 +100,6 @@ def prepare_orthanc(settings: Settings, environ: Mapping[str, str]) -> Path:
         settings_file=settings_file,
         site_packages=[sysconfig.get_paths()["purelib"]],
     )
-    index = PostgresIndex.from_environment(environ)
-    if index is not None:
-        config = with_postgres_index(config, settings, index)
     return write_orthanc_config(settings, config)
 
 

@@ -1,12 +1,15 @@
 """Build the demo ONNX model (``demo-phantom-onnx``): a fixed-weight 3D network, reproducibly.
 
-The graph is small but real: a 3x3x3 convolution (mild smoothing) followed by per-class scores
-``-(x - mu_k)^2 / (2 sigma^2)`` for the phantom's CT numbers (background 40, liver 160,
-kidney 260 HU), so its segmentation of ``ainode.phantoms`` is known. The input patch is fixed
-(1 x C x 32 x 48 x 48) so the worker must run it as a sliding window.
+The graph is small but real: a 3x3x3 convolution (mild smoothing: centre 0.4, each face
+neighbour 0.1) followed by per-class scores ``-(x - mu_k)^2 / (2 sigma^2)`` for background
+(0 HU) and object (the phantoms' lowest object CT number, 120 HU), so its segmentation of
+``ainode.phantoms`` is known: label 1 "object" wherever the smoothed image exceeds 60 HU. An
+intensity model cannot tell a sphere from a box (the phantoms give both the same CT numbers),
+so it has one label for both; telling them apart is the nnU-Net model's work. The input patch
+is fixed (1 x C x 32 x 48 x 48) so the worker must run it as a sliding window.
 
 ``--gate-channel`` builds a two-channel variant: channel 2 is a previous stage's label map and
-the model only finds organs where it is non-zero (exercises cascades with ``mode: channel``).
+the model only finds objects where it is non-zero (exercises cascades with ``mode: channel``).
 
 Usage::
 
@@ -23,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ainode.phantoms import _HU
+from ainode.phantoms import BACKGROUND_HU, OBJECT_HU
 
 log = logging.getLogger("build_test_onnx_model")
 
@@ -36,10 +39,11 @@ SIGMA_HU = 30.0
 def build(gate_channel: bool = False) -> onnx.ModelProto:
     channels = 2 if gate_channel else 1
     kernel = np.zeros((1, channels, 3, 3, 3), dtype=np.float32)
-    kernel[0, 0, 1, 1, 1] = 0.6
+    kernel[0, 0, 1, 1, 1] = 0.4
     for offset in ((0, 1, 1), (2, 1, 1), (1, 0, 1), (1, 2, 1), (1, 1, 0), (1, 1, 2)):
-        kernel[(0, 0, *offset)] = 0.4 / 6
-    means = np.array([_HU[k] for k in sorted(_HU)], dtype=np.float32).reshape(1, 3, 1, 1, 1)
+        kernel[(0, 0, *offset)] = 0.1
+    # Equal sigmas: the classes meet half-way, at 60 HU, 3 noise sd above smoothed background.
+    means = np.array([BACKGROUND_HU, OBJECT_HU[0]], dtype=np.float32).reshape(1, 2, 1, 1, 1)
     scale = np.array(-1.0 / (2 * SIGMA_HU**2), dtype=np.float32)
     initializers = [
         numpy_helper.from_array(kernel, "smooth_kernel"),
@@ -60,7 +64,7 @@ def build(gate_channel: bool = False) -> onnx.ModelProto:
             numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero_f"),
             numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
             numpy_helper.from_array(
-                np.array([0.0, -1000.0, -1000.0], dtype=np.float32).reshape(1, 3, 1, 1, 1),
+                np.array([0.0, -1000.0], dtype=np.float32).reshape(1, 2, 1, 1, 1),
                 "veto",
             ),
         ]
@@ -75,7 +79,7 @@ def build(gate_channel: bool = False) -> onnx.ModelProto:
         nodes,
         "demo_phantom_gated" if gate_channel else "demo_phantom",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, channels, *PATCH])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, *PATCH])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, *PATCH])],
         initializers,
     )
     model = helper.make_model(

@@ -8,6 +8,13 @@ or whose worker stopped reporting, is sent again after an exponentially growing 
 :attr:`RetryPolicy.max_attempts`; then it fails with the reason. Results carry deterministic
 UIDs, so a job that runs twice stores its results once.
 
+The store's times are wall-clock (they must mean something after a restart), so a jump of the
+wall clock (an NTP step, a VM resumed, an operator) would make every in-flight job look stuck
+(forward) or put due work hours away (backward). Each pass measures the jump as wall-clock
+time elapsed minus monotonic time elapsed since the last pass, and moves the in-flight jobs'
+times with it (:meth:`JobStore.follow_clock_jump`); the loop itself waits on the monotonic
+clock, so it neither stalls nor races when the wall clock jumps.
+
 ``send`` is any ``(JobRequest, queue) -> None`` callable that raises :class:`BrokerUnavailable`
 when the broker cannot take the message; :func:`celery_sender` makes one from a Celery app.
 """
@@ -20,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from celery import Celery
 from kombu.exceptions import OperationalError
 
@@ -33,7 +39,8 @@ from ainode_plugin.jobstore import JobStore
 log = logging.getLogger(__name__)
 
 SendJob = Callable[[JobRequest, str], None]
-_SCHEDULER_JOB_ID = "ainode-dispatch-sweep"
+# Wall clock and monotonic clock disagreeing by more than this between two passes is a jump.
+CLOCK_JUMP_TOLERANCE = timedelta(seconds=5)
 # Publishing: one quick reconnect (a broker restart leaves a stale pooled connection), no more;
 # the sweeper retries later, so a dead broker never holds the scheduler's thread.
 _PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
@@ -104,13 +111,20 @@ class Dispatcher:
         *,
         policy: RetryPolicy | None = None,
         batch_size: int = 50,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
+        """``monotonic`` (``time.monotonic`` in the node) turns on following wall-clock jumps;
+        without it the store's clock alone is time (tests that move it by hand)."""
         self.store = store
         self.policy = policy or RetryPolicy()
         self.batch_size = batch_size
         self._send = send
+        self._monotonic = monotonic
         self._lock = threading.Lock()  # one pass at a time, whoever calls
-        self._scheduler: BackgroundScheduler | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._woken = threading.Event()
+        self._last_pass: tuple[datetime, float] | None = None  # (wall, monotonic) of the last
         self.last_report: SweepReport | None = None
 
     @property
@@ -126,6 +140,7 @@ class Dispatcher:
         """Re-schedule or fail stuck jobs, then send what is due: the periodic pass."""
         with self._lock:
             now = self.clock()
+            self._follow_clock_jump(now)
             rescheduled: list[str] = []
             failed: list[str] = []
             stuck = self.store.stuck_jobs(
@@ -163,6 +178,23 @@ class Dispatcher:
             self.last_report = report
             return report
 
+    def _follow_clock_jump(self, now: datetime) -> None:
+        if self._monotonic is None:
+            return
+        monotonic = self._monotonic()
+        last, self._last_pass = self._last_pass, (now, monotonic)
+        if last is None:
+            return
+        jump = (now - last[0]) - timedelta(seconds=monotonic - last[1])
+        if abs(jump) < CLOCK_JUMP_TOLERANCE:
+            return
+        moved = self.store.follow_clock_jump(now, jump)
+        log.warning(
+            "the wall clock jumped by %+.0f s; %d in-flight job(s) moved with it",
+            jump.total_seconds(),
+            moved,
+        )
+
     def _dispatch_due(self) -> SweepReport:
         now = self.clock()
         sent: list[str] = []
@@ -196,37 +228,40 @@ class Dispatcher:
 
     @property
     def running(self) -> bool:
-        return self._scheduler is not None
+        return self._thread is not None
 
     def start(self, interval_s: float = 5.0) -> None:
-        """Sweep every ``interval_s`` seconds on a background thread (from ORTHANC_STARTED)."""
-        if self._scheduler is not None:
+        """Sweep now, then every ``interval_s`` seconds, on a thread (from ORTHANC_STARTED)."""
+        if self._thread is not None:
             return
-        scheduler = BackgroundScheduler(daemon=True, timezone=UTC)
-        scheduler.add_job(
-            self.sweep,
-            "interval",
-            seconds=interval_s,
-            id=_SCHEDULER_JOB_ID,
-            # Two, so a wake() during a pass queues one more pass (the lock runs them in turn)
-            # instead of being dropped as "maximum number of running instances reached".
-            max_instances=2,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval_s,), name="ainode-dispatch", daemon=True
         )
-        scheduler.start()
-        self._scheduler = scheduler
+        self._thread.start()
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stopping.is_set():
+            self._woken.clear()  # a wake() during the pass runs one more pass right after it
+            try:
+                self.sweep()
+            except Exception:  # e.g. the disk is full: log, keep the loop, try again later
+                log.exception("dispatch pass failed; the next one is in %s s", interval_s)
+            self._woken.wait(interval_s)  # Event.wait runs on the monotonic clock
 
     def wake(self) -> None:
-        """Run a sweep now on the scheduler's thread (after recording a new job)."""
-        if self._scheduler is not None:
-            self._scheduler.modify_job(_SCHEDULER_JOB_ID, next_run_time=datetime.now(UTC))
+        """Run a pass now on the dispatcher's thread (after recording a new job)."""
+        if self._thread is not None:
+            self._woken.set()
 
     def stop(self, wait: bool = True) -> None:
         """Stop sweeping (from ORTHANC_STOPPED); pending jobs stay in the store."""
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.shutdown(wait=wait)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            self._woken.set()
+            if wait:
+                thread.join(30)
 
 
 def celery_sender(app: Celery, task_name: str = RUN_JOB_TASK) -> SendJob:

@@ -3,6 +3,9 @@
 Handlers receive a :class:`Request` and return a :class:`Response`; an :class:`HttpError` they
 raise becomes a JSON error body with its status. Anything else that escapes a handler is logged
 and answered as a 500 with no detail, so one bad request never takes a route (or Orthanc) down.
+Bodies over :data:`MAX_BODY_BYTES` are refused (413) before any handler sees them, and JSON
+nested deeper than :data:`MAX_JSON_DEPTH` is refused (400) before it reaches the parser: parsing
+it on Orthanc's small-stacked HTTP threads would crash the whole Orthanc process.
 """
 
 from __future__ import annotations
@@ -10,11 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # the node's routes take small JSON; this is generous
+MAX_JSON_DEPTH = 64
+# A JSON string (with escapes) or one bracket: enough to measure nesting without parsing.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,8 @@ class Request:
     body: bytes = b""
 
     def json(self) -> Any:
+        if json_too_deep(self.body, MAX_JSON_DEPTH):
+            raise HttpError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
         try:
             return json.loads(self.body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -52,6 +63,22 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """Whether ``body`` opens more than ``limit`` arrays/objects inside one another."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # cannot nest deeper than it has brackets (the usual, cheap case)
+    depth = 0
+    for token in _JSON_TOKEN.finditer(body):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 Handler = Callable[[Request], Response]
@@ -101,6 +128,11 @@ def _call(route: Route, request: Request) -> Response:
             {"error": f"{request.method} is not allowed here", "allowed": sorted(route.methods)},
             405,
         )
+    if len(request.body) > MAX_BODY_BYTES:
+        return Response.json(
+            {"error": f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB"},
+            413,
+        )
     try:
         return handler(request)
     except HttpError as error:
@@ -116,7 +148,8 @@ def _callback(route: Route) -> Callable[..., None]:
             method=raw.get("method", "GET"),
             path=uri,
             groups=tuple(raw.get("groups", ())),
-            query=dict(raw.get("get", {})),
+            # Orthanc hands the plugin GET arguments still percent-encoded ("..%2F..").
+            query={k: urllib.parse.unquote(v) for k, v in raw.get("get", {}).items()},
             headers={k.lower(): v for k, v in raw.get("headers", {}).items()},
             body=raw.get("body", b"") or b"",
         )
@@ -130,7 +163,23 @@ def answer(output: Any, response: Response) -> None:
         output.SetHttpHeader(name, value)
     if response.status == 200:
         output.AnswerBuffer(response.body, response.content_type)
+    elif response.status == 405:
+        # Orthanc refuses 405 (and 200, 301, 401) in SendHttpStatus and then drops the
+        # connection without an answer; each has a call of its own.
+        output.SendMethodNotAllowed(_allowed_methods(response))
     else:
         output.SetHttpHeader("Content-Type", response.content_type)
         text = response.body.decode("utf-8", errors="replace")  # the SDK takes text only here
         output.SendHttpStatus(response.status, text, len(text.encode()))
+
+
+def _allowed_methods(response: Response) -> str:
+    """The ``Allow`` list of a 405: the router's ``allowed``, or the upstream's header."""
+    allowed = response.headers.get("allow") or response.headers.get("Allow")
+    if allowed:
+        return allowed
+    try:
+        methods = json.loads(response.body).get("allowed", [])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return ""
+    return ",".join(str(m) for m in methods)

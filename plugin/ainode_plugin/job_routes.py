@@ -17,13 +17,21 @@ from pydantic import ValidationError
 
 from ainode.jobs import Destination, DestinationKind, JobState, JobUpdate, OutputKind
 from ainode.registry import Registry, UnknownModelError
-from ainode.routing import RulesWatcher, Trigger
+from ainode.routing import RulesError, RulesWatcher, Trigger
 from ainode.routing.conditions import AllOf
+from ainode.routing.destinations import destination_label
 from ainode.routing.rules import Decision, Rule
 from ainode_plugin.dispatcher import Dispatcher
 from ainode_plugin.facts import FactsError, fetch_series_facts
 from ainode_plugin.http import HttpError, Request, Response, Router
-from ainode_plugin.jobstore import MAX_PAGE, InvalidTransition, Job, JobNotFound, JobStore
+from ainode_plugin.jobstore import (
+    MAX_PAGE,
+    InvalidTransition,
+    Job,
+    JobNotFound,
+    JobStore,
+    NotificationState,
+)
 from ainode_plugin.routing_service import RoutingService
 
 ORTHANC_ID = r"([0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8})"
@@ -53,9 +61,11 @@ class JobRoutes:
         router.add(rf"/ai/jobs/{JOB_ID}/updates", "POST", self.job_update)
         router.add(rf"/ai/jobs/{JOB_ID}/retry", "POST", self.retry)
         router.add(rf"/ai/jobs/{JOB_ID}/cancel", "POST", self.cancel)
+        router.add(r"/ai/notifications", "GET", self.notifications)
         router.add(r"/ai/models", "GET", self.models)
         router.add(r"/ai/rules", "GET", self.rules)
         router.add(r"/ai/rules/reload", "POST", self.reload_rules)
+        router.add(r"/ai/rules/validate", "POST", self.validate_rules)
         router.add(rf"/ai/series/{ORTHANC_ID}/jobs", "GET", self.series_jobs)
         router.add(rf"/ai/series/{ORTHANC_ID}/complete", "POST", self.series_complete)
         router.add(rf"/ai/series/{ORTHANC_ID}/run", "POST", self.series_run)
@@ -66,25 +76,55 @@ class JobRoutes:
     def list_jobs(self, request: Request) -> Response:
         query = request.query
         try:
-            state = JobState(query["state"]) if query.get("state") else None
+            states = [JobState(s) for s in query.get("state", "").split(",") if s]
             limit = int(query.get("limit", 100))
             offset = int(query.get("offset", 0))
             jobs = self.store.list_jobs(
-                state=state,
+                state=states or None,
                 series=query.get("series") or None,
+                study=query.get("study") or None,
                 rule=query.get("rule") or None,
                 limit=limit,
                 offset=offset,
             )
         except ValueError as error:
             raise HttpError(
-                400, f"{error} (limit 1..{MAX_PAGE}, offset >= 0, a known state)"
+                400, f"{error} (limit 1..{MAX_PAGE}, offset >= 0, known states, comma-separated)"
             ) from None
         counts = {state.value: n for state, n in self.store.counts_by_state().items()}
         return Response.json({"jobs": [job_json(j) for j in jobs], "counts": counts})
 
     def get_job(self, request: Request) -> Response:
-        return Response.json(job_json(self._job(request.groups[0])))
+        """One job, with the webhook notifications about it and how each delivery went."""
+        job = self._job(request.groups[0])
+        notifications = self.store.list_notifications(job_id=job.id, limit=MAX_PAGE)
+        return Response.json(
+            job_json(job)
+            | {
+                "notifications": [
+                    n.model_dump(mode="json", exclude={"payload"}) for n in notifications
+                ]
+            }
+        )
+
+    def notifications(self, request: Request) -> Response:
+        """Webhook notifications, oldest first: ``?state=failed``, ``webhook=``, ``job=``."""
+        query = request.query
+        try:
+            state = NotificationState(query["state"]) if query.get("state") else None
+            found = self.store.list_notifications(
+                job_id=query.get("job") or None,
+                state=state,
+                webhook=query.get("webhook") or None,
+                limit=int(query.get("limit", 100)),
+            )
+        except ValueError as error:
+            states = ", ".join(s.value for s in NotificationState)
+            raise HttpError(400, f"{error} (limit 1..{MAX_PAGE}; state: {states})") from None
+        counts = {state.value: n for state, n in self.store.notification_counts().items()}
+        return Response.json(
+            {"notifications": [n.model_dump(mode="json") for n in found], "counts": counts}
+        )
 
     def series_jobs(self, request: Request) -> Response:
         jobs = self.store.list_jobs(series=request.groups[0], limit=MAX_PAGE)
@@ -137,21 +177,7 @@ class JobRoutes:
         rules = self.watcher.rules
         matches = self.store.match_counts_by_rule()
         status["rules"] = (
-            [
-                {
-                    "name": rule.name,
-                    "enabled": rule.enabled,
-                    "action": rule.action.value,
-                    "trigger": rule.trigger.value,
-                    "pipeline": rule.pipeline,
-                    "when": rule.condition.describe(),
-                    "outputs": [o.value for o in rule.outputs],
-                    "destinations": [d.model_dump(mode="json") for d in rule.destinations],
-                    "queue": rule.queue,
-                    "matches": matches.get(rule.name, 0),
-                }
-                for rule in rules.rules
-            ]
+            [rule_summary(rule) | {"matches": matches.get(rule.name, 0)} for rule in rules.rules]
             if status["loaded"]
             else []
         )
@@ -163,6 +189,23 @@ class JobRoutes:
         status = self.watcher.status().as_dict()
         return Response.json(status, 200 if status["error"] is None else 422)
 
+    def validate_rules(self, request: Request) -> Response:
+        """Check a rules file sent as the body, as the node would load it; change nothing."""
+        if not request.body.strip():
+            raise HttpError(400, "send the rules file (YAML) as the request body")
+        try:
+            rules = self.watcher.validate(request.body)
+        except RulesError as error:
+            return Response.json({"valid": False, "error": error.as_dict()}, 422)
+        return Response.json(
+            {
+                "valid": True,
+                "mode": rules.mode.value,
+                "sha256": rules.sha256,
+                "rules": [rule_summary(rule) for rule in rules.rules],
+            }
+        )
+
     # -- explicit triggers ------------------------------------------------------------------
 
     def series_complete(self, request: Request) -> Response:
@@ -172,7 +215,10 @@ class JobRoutes:
 
     def study_complete(self, request: Request) -> Response:
         """A whole study arrived (e.g. one STOW-RS request): decide for each of its series."""
-        study = self.routing.get_json(f"/studies/{request.groups[0]}")
+        try:
+            study = self.routing.get_json(f"/studies/{request.groups[0]}")
+        except LookupError:
+            raise HttpError(404, f"no study {request.groups[0]}") from None
         decided = []
         for series_id in study.get("Series", []):
             decided += self._decide(series_id, Trigger.SERIES)
@@ -217,6 +263,26 @@ class JobRoutes:
             raise HttpError(404, f"no series {series_id}") from None
         except FactsError as error:
             raise HttpError(422, str(error)) from None
+
+
+def rule_summary(rule: Rule) -> dict[str, Any]:
+    """A rule as the REST routes show it."""
+    return {
+        "name": rule.name,
+        "line": rule.line,
+        "enabled": rule.enabled,
+        "action": rule.action.value,
+        "trigger": rule.trigger.value,
+        "pipeline": rule.pipeline,
+        "when": rule.condition.describe(),
+        "outputs": [o.value for o in rule.outputs],
+        "destinations": [d.model_dump(mode="json") for d in rule.destinations],
+        "destination_labels": [destination_label(d) for d in rule.destinations],
+        "notify": [
+            {"webhook": n.webhook, "events": [e.value for e in n.events]} for n in rule.notify
+        ],
+        "queue": rule.queue,
+    }
 
 
 @contextmanager

@@ -15,6 +15,14 @@ is not retried by re-sending the series: use :meth:`JobStore.retry`.
 Outbox: a job to run is written ``dispatch_state = pending`` in the same transaction as its
 decision; the dispatcher sends it to the broker and marks it ``sent``. A crash in between
 leaves it pending, so it is sent after the restart: at least once, never zero times.
+
+Notifications use the same pattern: every state change of a job whose rule has ``notify:``
+writes one ``notifications`` row per interested webhook in the transaction that changes the
+state, with the payload as it was at that moment. :mod:`ainode_plugin.webhooks` delivers them
+later on its own thread, so a slow receiver never delays a job and a restart loses none.
+
+Audit: each new decision writes one line to the ``ainode.audit`` logger (rule or guard, series
+UID, outcome, reason; never a patient's name, ID or birth date).
 """
 
 from __future__ import annotations
@@ -44,8 +52,10 @@ from ainode.jobs import (
 )
 from ainode.routing import Decision
 from ainode_plugin.facts import SeriesFacts
+from ainode_plugin.webhooks import NotificationPayload
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("ainode.audit")
 
 DB_FILENAME = "ai-jobs.sqlite3"
 MAX_PAGE = 1000
@@ -56,6 +66,21 @@ class DispatchState(StrEnum):
     NONE = "none"  # nothing to send (ignored, finished or cancelled)
     PENDING = "pending"  # to be sent to the broker once dispatch_after has passed
     SENT = "sent"  # handed to the broker; the worker's updates tell the rest
+
+
+class NotificationState(StrEnum):
+    PENDING = "pending"  # to be delivered once next_attempt_at has passed
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # given up after the maximum attempts, or the webhook is gone
+
+
+class NotifyTarget(BaseModel):
+    """A webhook a job's rule names, and the states it is told about (pinned on the job)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    webhook: str
+    events: list[JobState]
 
 
 class JobStoreError(Exception):
@@ -112,6 +137,28 @@ class Job(BaseModel):
     destinations: list[DestinationStatus]
     detail: dict[str, Any]
     request: JobRequest | None
+    notify: list[NotifyTarget] = Field(default_factory=list)
+
+
+class Notification(BaseModel):
+    """One webhook call about one state change of one job, and how its delivery went."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    seq: int = Field(description="order of creation; a job's calls to a webhook go in order")
+    job_id: str
+    webhook: str
+    event: JobState
+    state: NotificationState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None = Field(description="HTTP status of the last attempt, if any")
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    payload: NotificationPayload
 
 
 @dataclass(frozen=True)
@@ -169,6 +216,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX jobs_outbox ON jobs(dispatch_state, dispatch_after)",
         ),
     ),
+    Migration(
+        2,
+        "notifications outbox, each job's notify targets, study filters",
+        (
+            "ALTER TABLE jobs ADD COLUMN notify TEXT NOT NULL DEFAULT '[]'",
+            "CREATE INDEX jobs_study_uid ON jobs(study_uid)",
+            "CREATE INDEX jobs_study_id ON jobs(study_id)",
+            """
+            CREATE TABLE notifications (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                job_id TEXT NOT NULL REFERENCES jobs(id),
+                webhook TEXT NOT NULL,
+                event TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at REAL,
+                last_status INTEGER,
+                last_error TEXT,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                delivered_at REAL,
+                payload TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX notifications_due ON notifications(state, next_attempt_at)",
+            "CREATE INDEX notifications_job ON notifications(job_id, webhook, seq)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -202,6 +278,8 @@ class JobStore:
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._enqueued = False  # a notification was written in the open transaction
+        self.on_notification: Callable[[], None] | None = None  # called after such a commit
         self._db = sqlite3.connect(
             self.path, timeout=10.0, isolation_level=None, check_same_thread=False
         )
@@ -264,6 +342,7 @@ class JobStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._enqueued = False
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -271,6 +350,10 @@ class JobStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            enqueued, self._enqueued = self._enqueued, False
+        listener = self.on_notification
+        if enqueued and listener is not None:
+            listener()  # wakes the sender; never delivers here
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -279,6 +362,10 @@ class JobStore:
         now = _ts(self.clock())
         rule = decision.rule if decision.run else None  # the rule to run, if any
         pipeline = rule.pipeline if rule is not None else None
+        notify = [
+            NotifyTarget(webhook=target.webhook, events=list(target.events))
+            for target in (rule.notify if rule is not None else ())
+        ]
         key = dedup_key(
             facts.series_uid,
             decision.trigger.value,
@@ -326,6 +413,7 @@ class JobStore:
             "dispatch_after": now if request else None,
             "destinations": _statuses_json(statuses),
             "request": request.model_dump_json() if request else None,
+            "notify": json.dumps([target.model_dump(mode="json") for target in notify]),
         }
         columns = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)
@@ -337,16 +425,13 @@ class JobStore:
             )
             created = cursor.rowcount == 1
             row = db.execute("SELECT * FROM jobs WHERE dedup_key = ?", (key,)).fetchone()
-        job = _job(row)
+            job = _job(row)
+            if created and request is not None:
+                self._changed(db, None, job)
         if created:
-            log.info(
-                "series %s: %s (%s) -> job %s %s",
-                facts.series_id,
-                decision.decided_by,
-                "run" if request else "ignored",
-                job.id,
-                job.state.value,
-            )
+            _audit(job)
+        else:
+            log.debug("series %s: decision by %s already recorded", job.series_uid, job.decided_by)
         return job, created
 
     # --- queries ---------------------------------------------------------------------------
@@ -363,11 +448,13 @@ class JobStore:
         *,
         state: JobState | Iterable[JobState] | None = None,
         series: str | None = None,
+        study: str | None = None,
         rule: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Job]:
-        """Jobs, newest first; ``series`` matches an Orthanc series id or a SeriesInstanceUID."""
+        """Jobs, newest first; ``series`` matches an Orthanc series id or a SeriesInstanceUID,
+        ``study`` an Orthanc study id or a StudyInstanceUID."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
         if offset < 0:
@@ -381,6 +468,9 @@ class JobStore:
         if series is not None:
             clauses.append("(series_id = ? OR series_uid = ?)")
             params += [series, series]
+        if study is not None:
+            clauses.append("(study_id = ? OR study_uid = ?)")
+            params += [study, study]
         if rule is not None:
             clauses.append("rule = ?")
             params.append(rule)
@@ -456,6 +546,31 @@ class JobStore:
             ).fetchall()
         return [_job(row) for row in rows]
 
+    def follow_clock_jump(self, now: datetime, jump: timedelta) -> int:
+        """Move in-flight jobs' times written before a wall-clock jump of ``jump`` into the new
+        clock's frame (see :mod:`ainode_plugin.dispatcher`); returns how many jobs moved.
+
+        Only times that cannot have been written after the jump move: after a forward jump,
+        those up to ``now - jump``; after a backward one, those later than ``now``. Pending
+        sends due later than ``now`` come earlier by a backward jump (never before ``now``).
+        """
+        moment, seconds = _ts(now), jump.total_seconds()
+        before_jump = moment - seconds  # now, as the old clock would tell it
+        lower = float("-inf") if seconds > 0 else moment
+        with self._write() as db:
+            moved = db.execute(
+                "UPDATE jobs SET updated_at = updated_at + ? "
+                "WHERE state IN (?, ?) AND updated_at > ? AND updated_at <= ?",
+                (seconds, *_IN_FLIGHT, lower, before_jump),
+            ).rowcount
+            if seconds < 0:
+                db.execute(
+                    "UPDATE jobs SET dispatch_after = MAX(?, dispatch_after + ?) "
+                    "WHERE dispatch_state = ? AND dispatch_after > ?",
+                    (moment, seconds, DispatchState.PENDING, moment),
+                )
+        return int(moved)
+
     def mark_sent(self, job_id: str) -> Job:
         """The broker accepted the job: count the attempt and wait for the worker."""
         now = _ts(self.clock())
@@ -485,6 +600,7 @@ class JobStore:
         """Put a stuck in-flight job back in the outbox, to be sent again after ``until``."""
         now = _ts(self.clock())
         with self._write() as db:
+            before = self._get_locked(db, job_id)
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, dispatch_state = ?, dispatch_after = ?, "
                 "dispatch_error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
@@ -498,18 +614,19 @@ class JobStore:
                     *_IN_FLIGHT,
                 ),
             )
-            return self._get_locked(db, job_id), cursor.rowcount == 1
+            return self._changed(db, before, self._get_locked(db, job_id)), cursor.rowcount == 1
 
     def fail(self, job_id: str, reason: str) -> tuple[Job, bool]:
         """End an in-flight job as failed with ``reason`` (False if it had ended meanwhile)."""
         now = _ts(self.clock())
         with self._write() as db:
+            before = self._get_locked(db, job_id)
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, error = ?, dispatch_state = ?, finished_at = ?, "
                 "updated_at = ? WHERE id = ? AND state IN (?, ?)",
                 (JobState.FAILED, reason, DispatchState.NONE, now, now, job_id, *_IN_FLIGHT),
             )
-            job = self._get_locked(db, job_id)
+            job = self._changed(db, before, self._get_locked(db, job_id))
         if cursor.rowcount == 1:
             log.warning("job %s failed: %s", job_id, reason)
         return job, cursor.rowcount == 1
@@ -567,7 +684,7 @@ class JobStore:
                 f"UPDATE jobs SET {assignments} WHERE id = :id",  # noqa: S608 (fixed names)
                 {**changes, "id": job.id},
             )
-            return self._get_locked(db, job.id), True
+            return self._changed(db, job, self._get_locked(db, job.id)), True
 
     def retry(self, job_id: str) -> Job:
         """Queue a failed or cancelled job again (its attempt count is kept)."""
@@ -585,7 +702,7 @@ class JobStore:
                 "WHERE id = ?",
                 (JobState.QUEUED, DispatchState.PENDING, now, now, job_id),
             )
-            return self._get_locked(db, job_id)
+            return self._changed(db, job, self._get_locked(db, job_id))
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; the worker's later reports are then ignored."""
@@ -602,13 +719,184 @@ class JobStore:
                 "WHERE id = ?",
                 (JobState.CANCELLED, DispatchState.NONE, now, now, job_id),
             )
-            return self._get_locked(db, job_id)
+            return self._changed(db, job, self._get_locked(db, job_id))
+
+    # --- notifications ---------------------------------------------------------------------
+
+    def _changed(self, db: sqlite3.Connection, before: Job | None, after: Job) -> Job:
+        """Write the notifications a state change calls for, in the open transaction."""
+        previous = before.state if before is not None else None
+        if previous == after.state:
+            return after
+        now = _ts(self.clock())
+        for target in after.notify:
+            if after.state not in target.events:
+                continue
+            notification_id = uuid.uuid4().hex
+            payload = NotificationPayload.for_job(after, previous, notification_id)
+            db.execute(
+                "INSERT INTO notifications (id, job_id, webhook, event, state, next_attempt_at, "
+                "created_at, updated_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    notification_id,
+                    after.id,
+                    target.webhook,
+                    after.state.value,
+                    NotificationState.PENDING,
+                    now,
+                    now,
+                    now,
+                    payload.model_dump_json(),
+                ),
+            )
+            self._enqueued = True
+        return after
+
+    def due_notifications(
+        self, now: datetime | None = None, *, limit: int = 50
+    ) -> list[Notification]:
+        """Pending notifications whose time has come, each the oldest of its (job, webhook)
+        still pending, so one receiver hears about one job in order."""
+        moment = _ts(now or self.clock())
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM notifications AS n WHERE n.state = ? AND n.next_attempt_at <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM notifications AS e WHERE e.job_id = n.job_id "
+                "AND e.webhook = n.webhook AND e.state = ? AND e.seq < n.seq) "
+                "ORDER BY n.next_attempt_at, n.seq LIMIT ?",
+                (NotificationState.PENDING, moment, NotificationState.PENDING, limit),
+            ).fetchall()
+        return [_notification(row) for row in rows]
+
+    def next_notification_at(self) -> datetime | None:
+        """When the next notification :meth:`due_notifications` would give is due (None:
+        nothing pending)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(n.next_attempt_at) FROM notifications AS n WHERE n.state = ? "
+                "AND NOT EXISTS (SELECT 1 FROM notifications AS e WHERE e.job_id = n.job_id "
+                "AND e.webhook = n.webhook AND e.state = ? AND e.seq < n.seq)",
+                (NotificationState.PENDING, NotificationState.PENDING),
+            ).fetchone()
+        return _dt(row[0])
+
+    def postpone_notifications(self, webhook: str, until: datetime) -> int:
+        """Hold a failing webhook's pending notifications until ``until`` (no attempt used)."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE notifications SET next_attempt_at = ? "
+                "WHERE webhook = ? AND state = ? AND next_attempt_at < ?",
+                (_ts(until), webhook, NotificationState.PENDING, _ts(until)),
+            )
+        return int(cursor.rowcount)
+
+    def notification_delivered(self, notification_id: str, status: int) -> Notification:
+        now = _ts(self.clock())
+        return self._notification_attempt(
+            notification_id,
+            "state = ?, last_status = ?, last_error = NULL, delivered_at = ?, "
+            "next_attempt_at = NULL",
+            (NotificationState.DELIVERED, status, now),
+        )
+
+    def notification_retry(
+        self, notification_id: str, until: datetime, error: str, status: int | None
+    ) -> Notification:
+        """An attempt failed; try again after ``until``."""
+        return self._notification_attempt(
+            notification_id,
+            "next_attempt_at = ?, last_status = ?, last_error = ?",
+            (_ts(until), status, error),
+        )
+
+    def notification_failed(
+        self, notification_id: str, error: str, status: int | None, *, attempted: bool = True
+    ) -> Notification:
+        """Give up on a notification with the reason (``attempted``: this try counts)."""
+        return self._notification_attempt(
+            notification_id,
+            "state = ?, next_attempt_at = NULL, last_status = ?, last_error = ?",
+            (NotificationState.FAILED, status, error),
+            attempted=attempted,
+        )
+
+    def _notification_attempt(
+        self,
+        notification_id: str,
+        assignments: str,
+        values: tuple[Any, ...],
+        *,
+        attempted: bool = True,
+    ) -> Notification:
+        now = _ts(self.clock())
+        counted = "attempts = attempts + 1, " if attempted else ""
+        with self._write() as db:
+            db.execute(
+                f"UPDATE notifications SET {counted}{assignments}, updated_at = ? "  # noqa: S608
+                "WHERE id = ? AND state = ?",
+                (*values, now, notification_id, NotificationState.PENDING),
+            )
+            row = db.execute(
+                "SELECT * FROM notifications WHERE id = ?", (notification_id,)
+            ).fetchone()
+        if row is None:
+            raise JobStoreError(f"no notification with id {notification_id!r}")
+        return _notification(row)
+
+    def list_notifications(
+        self,
+        *,
+        job_id: str | None = None,
+        state: NotificationState | None = None,
+        webhook: str | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        """Notifications, oldest first (a job's story in order), filtered as asked."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("job_id", job_id), ("state", state), ("webhook", webhook)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(str(value))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT * FROM notifications {where} ORDER BY seq LIMIT ?"  # noqa: S608
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit)).fetchall()
+        return [_notification(row) for row in rows]
+
+    def notification_counts(self) -> dict[NotificationState, int]:
+        counts = dict.fromkeys(NotificationState, 0)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT state, COUNT(*) FROM notifications GROUP BY state"
+            ).fetchall()
+        for state, count in rows:
+            counts[NotificationState(state)] = int(count)
+        return counts
 
     def _get_locked(self, db: sqlite3.Connection, job_id: str) -> Job:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(job_id)
         return _job(row)
+
+
+def _audit(job: Job) -> None:
+    """The one audit line of a decision: who decided, about which series, what, and why."""
+    audit.info(
+        "audit: decision rule=%s series_uid=%s study_uid=%s trigger=%s outcome=%s pipeline=%s "
+        "job=%s reason=%s",
+        job.decided_by,
+        job.series_uid,
+        job.study_uid,
+        job.trigger,
+        "ignored" if job.request is None else "run",
+        job.pipeline or "-",
+        job.id,
+        json.dumps(job.reason),
+    )
 
 
 def _statuses_json(statuses: Iterable[DestinationStatus]) -> str:
@@ -666,4 +954,28 @@ def _job(row: sqlite3.Row) -> Job:
         destinations=[DestinationStatus.model_validate(s) for s in json.loads(row["destinations"])],
         detail=json.loads(row["detail"]),
         request=JobRequest.model_validate_json(row["request"]) if row["request"] else None,
+        notify=[NotifyTarget.model_validate(t) for t in json.loads(row["notify"])],
+    )
+
+
+def _notification(row: sqlite3.Row) -> Notification:
+    created = _dt(row["created_at"])
+    updated = _dt(row["updated_at"])
+    if created is None or updated is None:  # NOT NULL columns
+        raise JobStoreError(f"notification {row['id']} has no creation time")
+    return Notification(
+        id=row["id"],
+        seq=row["seq"],
+        job_id=row["job_id"],
+        webhook=row["webhook"],
+        event=JobState(row["event"]),
+        state=NotificationState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=_dt(row["next_attempt_at"]),
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        created_at=created,
+        updated_at=updated,
+        delivered_at=_dt(row["delivered_at"]),
+        payload=NotificationPayload.model_validate_json(row["payload"]),
     )

@@ -30,11 +30,13 @@ from ainode_plugin.job_routes import JobRoutes
 from ainode_plugin.jobstore import JobStore
 from ainode_plugin.routing_service import Evaluate, EvaluateStudy, RoutingService
 from ainode_plugin.ui_routes import register_ui
+from ainode_plugin.webhooks import DeliveryPolicy, NotificationSender
 
 log = logging.getLogger("ainode_plugin")
 
 WORKER_PING_CACHE_S = 3.0
 RULES_CHECK_S = 2.0  # how soon an edit of routing-rules.yaml takes effect
+RESTART_GRACE_MAX_S = 10.0  # a sender cut off by a restart resumes within this, or is complete
 
 
 def node_version() -> str:
@@ -84,9 +86,16 @@ class NodePlugin:
             destinations=KnownDestinations.from_settings(settings),
         )
         self.dispatcher = Dispatcher(
-            self.store, celery_sender(self.celery), policy=RetryPolicy.from_settings(settings)
+            self.store,
+            celery_sender(self.celery),
+            policy=RetryPolicy.from_settings(settings),
+            monotonic=time.monotonic,  # follow wall-clock jumps (see the dispatcher)
         )
         self.routing = RoutingService(orthanc, self.store, self.watcher, self.dispatcher)
+        self.notifier = NotificationSender(
+            self.store, settings.webhooks, policy=DeliveryPolicy.from_settings(settings)
+        )
+        self.store.on_notification = self.notifier.wake
         self.scheduler = BackgroundScheduler(daemon=True)
         self.router.add(r"/ai/health", "GET", self.health)
         JobRoutes(
@@ -114,7 +123,7 @@ class NodePlugin:
                 "orthanc": {"healthy": True, "detail": "plugin loaded and serving"},
                 "broker": {
                     "healthy": broker_error is None,
-                    "detail": broker_error or f"answers at {self.settings.broker_url}",
+                    "detail": broker_error or f"answers at {self.settings.broker_url_redacted}",
                 },
                 "worker": {
                     "healthy": bool(workers),
@@ -137,8 +146,12 @@ class NodePlugin:
             self.stop_background()
 
     def start_background(self) -> None:
-        self.routing.start()
+        # Orthanc forgets its stability timers when it stops and calls every series stable at
+        # start: a series cut off mid-transfer would be routed half. Its sender gets a grace to
+        # go on (StableAge, at most RESTART_GRACE_MAX_S) before the change sweep routes it.
+        self.routing.start(restart_grace_s=self.restart_grace_s())
         self.dispatcher.start(self.settings.dispatch_sweep_s)
+        self.notifier.start(self.settings.webhook_sweep_s)
         self.scheduler.add_job(
             self.watcher.check,
             "interval",
@@ -159,10 +172,14 @@ class NodePlugin:
         self.scheduler.start()
         log.info("routing started: %s", self.watcher.status().as_dict()["rule_count"])
 
+    def restart_grace_s(self) -> float:
+        return min(float(self.settings.stable_age_s), RESTART_GRACE_MAX_S) + 1.0
+
     def stop_background(self) -> None:
         self.scheduler.shutdown(wait=False)
         self.dispatcher.stop()
         self.routing.stop()
+        self.notifier.stop()
         self.store.close()
 
 
@@ -190,7 +207,7 @@ def config_summary(settings: Settings) -> str:
     """One log line an operator can check at a glance; never any secret."""
     return (
         f"AET={settings.dicom_aet} DICOM port={settings.dicom_port} HTTP port={settings.http_port} "
-        f"auth={'on' if settings.auth_enabled else 'OFF'} broker={settings.broker_url} "
+        f"auth={'on' if settings.auth_enabled else 'OFF'} broker={settings.broker_url_redacted} "
         f"rules={settings.routing_rules} models={settings.models_registry} "
         f"data={settings.data_dir}"
     )

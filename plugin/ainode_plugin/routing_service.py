@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,7 @@ class RoutingService:
         self._queue: queue.Queue[object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._sweep_lock = threading.Lock()
+        self._settled_at = 0.0  # monotonic time from which the sweep may route stable series
 
     # -- called from Orthanc's threads: enqueue only --------------------------------------
 
@@ -83,7 +85,10 @@ class RoutingService:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, restart_grace_s: float = 0.0) -> None:
+        """Start the routing thread; for ``restart_grace_s`` the change sweep routes nothing
+        (a series Orthanc calls stable may be one whose sender the restart cut off)."""
+        self._settled_at = time.monotonic() + restart_grace_s
         self._thread = threading.Thread(target=self._run, name="ainode-routing", daemon=True)
         self._thread.start()
 
@@ -102,18 +107,26 @@ class RoutingService:
     # -- the routing thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        failed = False  # an item failed since the last checkpoint: keep the mark where it is
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if isinstance(item, threading.Event):
-                item.set()
-            elif isinstance(item, Evaluate):
-                self._handle(item)
-            elif isinstance(item, EvaluateStudy):
-                self._expand(item)
-            elif isinstance(item, _Checkpoint):
-                self.orthanc.SetGlobalProperty(LAST_CHANGE_PROPERTY, str(item.last_change))
+            try:
+                if isinstance(item, threading.Event):
+                    item.set()
+                elif isinstance(item, Evaluate):
+                    self._handle(item)
+                elif isinstance(item, EvaluateStudy):
+                    self._expand(item)
+                elif isinstance(item, _Checkpoint):
+                    if not failed:
+                        self.orthanc.SetGlobalProperty(LAST_CHANGE_PROPERTY, str(item.last_change))
+                    failed = False
+            except Exception:  # e.g. the disk is full: this thread must outlive it
+                # The change sweep finds the series again from the unmoved mark.
+                log.exception("routing: %s failed; the change sweep will try again", item)
+                failed = True
 
     def _handle(self, item: Evaluate) -> None:
         try:
@@ -191,7 +204,7 @@ class RoutingService:
                     stable = bool(self.get_json(f"/series/{series_id}").get("IsStable"))
                 except LookupError:
                     continue  # deleted since: nothing to route
-                if stable:
+                if stable and time.monotonic() >= self._settled_at:
                     self.notify(Evaluate(series_id, require_stable=True))
                     queued += 1
                 else:

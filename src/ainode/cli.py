@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,9 +22,11 @@ import requests
 from pydantic import ValidationError
 
 from ainode.credentials import orthanc_auth, read_credentials
+from ainode.node.commands import worker_argv
 from ainode.node.health import collect_status
 from ainode.node.processes import StartError
 from ainode.node.supervisor import AlreadyRunningError, Supervisor, read_supervisor_pid
+from ainode.queues import all_queue_names
 from ainode.settings import Settings, SettingsFileError, describe_settings_error
 
 log = logging.getLogger("ainode")
@@ -49,12 +52,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if supervisor.stopping:
         supervisor.stop()
         return 0
-    if supervisor.credentials_created:
-        user, password = read_credentials(settings.credentials_file)
-        _out(
-            f"Generated Orthanc credentials (shown once; `ainode creds` prints them): "
-            f"{user}:{password}"
-        )
+    # A detached node's output goes to its log, which must never hold the password: the
+    # command that detached it shows the credentials on its terminal instead.
+    if supervisor.credentials_created and not args.detached_child:
+        _show_generated_credentials(settings)
     _out(
         f"AI node up: {settings.http_url} (Orthanc Explorer at /app/explorer.html), "
         f"DICOM {settings.dicom_aet}@{settings.dicom_port}. Ctrl-C stops it."
@@ -63,14 +64,22 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_generated_credentials(settings: Settings) -> None:
+    user, password = read_credentials(settings.credentials_file)
+    _out(
+        f"Generated Orthanc credentials (shown once; `ainode creds` prints them): {user}:{password}"
+    )
+
+
 def _up_detached(settings: Settings, timeout_s: float) -> int:
     if read_supervisor_pid(settings):
         _out(f"the node is already running on {settings.data_dir}")
         return 0
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    had_credentials = settings.credentials_file.exists()
     with (settings.logs_dir / "ainode.log").open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ainode.cli", "up"],
+            [sys.executable, "-m", "ainode.cli", "up", "--detached-child"],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -84,6 +93,8 @@ def _up_detached(settings: Settings, timeout_s: float) -> int:
             return 1
         status = collect_status(settings)
         if status.healthy:
+            if settings.auth_enabled and not had_credentials:
+                _show_generated_credentials(settings)
             _print_status(status.to_json())
             return 0
         time.sleep(0.5)
@@ -217,6 +228,53 @@ def cmd_creds(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Only a Celery worker, in the foreground: more workers for a node, on any machine.
+
+    It reaches the node's Redis (``redis_url``) and Orthanc (``orthanc_url``, with
+    ``orthanc_username``/``orthanc_password``) from the settings, and serves the queues of
+    ``--pool`` or else ``worker_queues``. It replaces this process, so signals reach it.
+    """
+    queues = all_queue_names(None if args.pool == "any" else args.pool) if args.pool else None
+    if queues is not None:
+        settings = settings.model_copy(update={"worker_queues": queues})
+    if settings.redis_url is None:
+        log.warning(
+            "redis_url is not set: using the local broker at %s", settings.broker_url_redacted
+        )
+    if settings.auth_enabled and orthanc_auth(settings) is None:
+        log.error(
+            "authentication is on but no Orthanc credentials are set: set orthanc_username "
+            "and orthanc_password (AINODE_ORTHANC_USERNAME, AINODE_ORTHANC_PASSWORD)"
+        )
+        return 2
+    command = worker_argv(settings, args.name or socket.gethostname())
+    log.info(
+        "worker %s: queues %s, broker %s, Orthanc %s",
+        command[command.index("--hostname") + 1],
+        ",".join(settings.worker_queues),
+        settings.broker_url_redacted,
+        settings.orthanc_base_url,
+    )
+    os.environ.setdefault("TCP_NODELAY", "1")
+    os.execv(command[0], command)  # noqa: S606 - the worker replaces this process
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from ainode.bench import BENCHMARKS, run_benchmarks
+
+    known = {b.name for b in BENCHMARKS}
+    unknown = set(args.only) - known
+    if unknown:
+        _out(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
+        return 2
+    report, passed = run_benchmarks(args.only, full=args.full, timeout_s=args.timeout)
+    sys.stdout.write(report)
+    if args.output:
+        Path(args.output).write_text(report)
+    return 0 if passed else 1
+
+
 def cmd_sample(settings: Settings, args: argparse.Namespace) -> int:
     from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
@@ -235,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start Orthanc, Redis and a worker (foreground)")
     up.add_argument("--detach", action="store_true", help="start in the background and return")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    up.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop a node started with --detach")
@@ -265,13 +324,39 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
 
-    sample = sub.add_parser("sample", help="write a synthetic CT series with known organs")
+    sample = sub.add_parser("sample", help="write a CT phantom of known spheres and boxes")
     sample.add_argument("folder")
     sample.add_argument(
         "--shape", type=int, nargs=3, default=(48, 64, 64), metavar=("SLICES", "ROWS", "COLUMNS")
     )
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=cmd_sample)
+
+    worker = sub.add_parser(
+        "worker", help="run only a worker (more workers for a node, on this or another machine)"
+    )
+    worker.add_argument(
+        "--pool",
+        choices=["gpu", "cpu", "any"],
+        help="serve this pool's queues (any: the pool-less ones); default: worker_queues",
+    )
+    worker.add_argument(
+        "--name", help="worker name, unique per broker (default: this machine's host name)"
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    bench = sub.add_parser(
+        "bench", help="run the benchmarks and write a Markdown table of their figures"
+    )
+    bench.add_argument("--only", nargs="+", default=[], metavar="NAME", help="these only")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (the default)")
+    size.add_argument("--full", action="store_true", help="the benchmarks' real sizes")
+    bench.add_argument("--output", help="also write the table to this file")
+    bench.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds allowed per benchmark"
+    )
+    bench.set_defaults(func=cmd_bench)
 
     creds = sub.add_parser("creds", help="print the generated user:password")
     creds.set_defaults(func=cmd_creds)

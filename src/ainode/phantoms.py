@@ -3,13 +3,21 @@
 Used by the demo model's training script, the sample data, the tests and the benchmarks, so the
 truth a test compares against is produced by exactly the same code that made the images.
 
+The specification (issue "model cascades", shared by generator, training and tests): CT volumes
+of 64-512 voxels in-plane and 20-300 slices, spacing 0.6-2.0 mm in-plane and 0.6-5 mm between
+slices; background 0 HU with Gaussian noise of sd 20-40 HU; one to three spheres (label 1
+"sphere", radius 8-25 mm) and zero to two axis-aligned boxes (label 2 "box", half-sides
+6-20 mm), each of 120-300 HU, none touching another. Spheres and boxes overlap in CT number,
+so a model has to tell them apart by shape. Grids smaller than the specification (tests use
+some) get shapes shrunk to fit.
+
 Voxel convention everywhere in the node: arrays are indexed ``[slice, row, column]`` with slices
 in the order of their position along the slice normal (``ImageOrientationPatient`` row x column).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +27,23 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-# The label a phantom's truth uses for each structure, and its CT number.
-LABELS: dict[int, str] = {1: "liver", 2: "kidney"}
-_HU = {0: 40.0, 1: 160.0, 2: 260.0}
+SPHERE, BOX = 1, 2
+# The label a phantom's truth uses for each kind of object.
+LABELS: dict[int, str] = {SPHERE: "sphere", BOX: "box"}
+
+# The specification's ranges: (low, high).
+IN_PLANE_VOXELS = (64, 512)
+SLICES = (20, 300)
+IN_PLANE_SPACING_MM = (0.6, 2.0)
+SLICE_SPACING_MM = (0.6, 5.0)
+NOISE_SD_HU = (20.0, 40.0)
+SPHERE_COUNT = (1, 3)
+BOX_COUNT = (0, 2)
+SPHERE_RADIUS_MM = (8.0, 25.0)
+BOX_HALF_SIDE_MM = (6.0, 20.0)
+OBJECT_HU = (120.0, 300.0)
+BACKGROUND_HU = 0.0
+GAP_MM = 3.0  # the least distance between two objects' bounding boxes, and to the grid's edge
 
 
 @dataclass(frozen=True)
@@ -38,54 +60,191 @@ class Geometry:
     def normal(self) -> npt.NDArray[np.float64]:
         return np.cross(np.asarray(self.row_direction), np.asarray(self.column_direction))
 
+    @property
+    def extent_mm(self) -> npt.NDArray[np.float64]:
+        """Length of the grid along (slice, row, column), voxel centre to voxel centre."""
+        return (np.asarray(self.shape, dtype=np.float64) - 1) * np.asarray(
+            self.spacing, dtype=np.float64
+        )
+
     def position(self, slice_index: int) -> npt.NDArray[np.float64]:
         """ImagePositionPatient of a slice (centre of its first voxel)."""
         return np.asarray(self.origin) + slice_index * self.spacing[0] * self.normal
 
 
+def random_geometry(
+    rng: np.random.Generator,
+    *,
+    in_plane: tuple[int, int] = IN_PLANE_VOXELS,
+    slices: tuple[int, int] = SLICES,
+    in_plane_spacing: tuple[float, float] = IN_PLANE_SPACING_MM,
+    slice_spacing: tuple[float, float] = SLICE_SPACING_MM,
+) -> Geometry:
+    """A grid drawn from the specification's ranges (narrower ranges may be asked for)."""
+    rows = int(rng.integers(in_plane[0], in_plane[1] + 1))
+    columns = rows if rng.random() < 0.7 else int(rng.integers(in_plane[0], in_plane[1] + 1))
+    pixel = float(rng.uniform(*in_plane_spacing))
+    column_pixel = pixel if rng.random() < 0.8 else float(rng.uniform(*in_plane_spacing))
+    return Geometry(
+        shape=(int(rng.integers(slices[0], slices[1] + 1)), rows, columns),
+        spacing=(float(rng.uniform(*slice_spacing)), pixel, column_pixel),
+    )
+
+
+@dataclass(frozen=True)
+class Sphere:
+    """A ball; ``centre_mm`` is (slice, row, column) millimetres from the first voxel's centre."""
+
+    centre_mm: tuple[float, float, float]
+    radius_mm: float
+    hu: float
+    label: int = SPHERE
+
+    @property
+    def half_extent_mm(self) -> tuple[float, float, float]:
+        return (self.radius_mm,) * 3
+
+    def mask(
+        self, zz: npt.NDArray[np.float64], yy: npt.NDArray[np.float64], xx: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.bool_]:
+        c = self.centre_mm
+        return (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= self.radius_mm**2
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box (grid axes); ``centre_mm`` as for :class:`Sphere`."""
+
+    centre_mm: tuple[float, float, float]
+    half_sides_mm: tuple[float, float, float]
+    hu: float
+    label: int = BOX
+
+    @property
+    def half_extent_mm(self) -> tuple[float, float, float]:
+        return self.half_sides_mm
+
+    def mask(
+        self, zz: npt.NDArray[np.float64], yy: npt.NDArray[np.float64], xx: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.bool_]:
+        c, h = self.centre_mm, self.half_sides_mm
+        return (abs(zz - c[0]) <= h[0]) & (abs(yy - c[1]) <= h[1]) & (abs(xx - c[2]) <= h[2])
+
+
+Shape = Sphere | Box
+
+
+def centre_voxel(shape: Shape, geometry: Geometry) -> tuple[int, int, int]:
+    """The (slice, row, column) index nearest to an object's centre."""
+    index = np.rint(np.asarray(shape.centre_mm) / np.asarray(geometry.spacing)).astype(int)
+    return int(index[0]), int(index[1]), int(index[2])
+
+
+def _apart(a: Shape, b: Shape) -> bool:
+    """Bounding boxes at least GAP_MM apart along some axis: the objects do not touch."""
+    return any(
+        abs(ca - cb) >= ha + hb + GAP_MM
+        for ca, cb, ha, hb in zip(
+            a.centre_mm, b.centre_mm, a.half_extent_mm, b.half_extent_mm, strict=True
+        )
+    )
+
+
+def random_shapes(
+    geometry: Geometry, rng: np.random.Generator, *, attempts: int = 200
+) -> list[Shape]:
+    """One to three spheres and zero to two boxes, inside the grid and apart from each other.
+
+    Sizes are drawn from the specification's ranges, capped so that an object fits the grid;
+    an object for which no free place is found in ``attempts`` draws is left out (the first
+    sphere always has room).
+    """
+    room = geometry.extent_mm / 2 - GAP_MM  # the largest half-extent that fits, per axis
+    wanted: list[int] = [SPHERE] * int(rng.integers(SPHERE_COUNT[0], SPHERE_COUNT[1] + 1))
+    wanted += [BOX] * int(rng.integers(BOX_COUNT[0], BOX_COUNT[1] + 1))
+    shapes: list[Shape] = []
+    for label in wanted:
+        for _ in range(attempts):
+            hu = float(rng.uniform(*OBJECT_HU))
+            if label == SPHERE:
+                half = np.full(3, min(float(rng.uniform(*SPHERE_RADIUS_MM)), float(room.min())))
+            else:
+                half = np.minimum(rng.uniform(*BOX_HALF_SIDE_MM, size=3), room)
+            if half.min() <= 0:
+                break  # the grid is too small for anything
+            low, high = half + GAP_MM, geometry.extent_mm - half - GAP_MM
+            centre = tuple(float(v) for v in rng.uniform(low, np.maximum(low, high)))
+            shape: Shape = (
+                Sphere(centre, float(half[0]), hu)  # type: ignore[arg-type]
+                if label == SPHERE
+                else Box(centre, tuple(float(v) for v in half), hu)  # type: ignore[arg-type]
+            )
+            if all(_apart(shape, other) for other in shapes):
+                shapes.append(shape)
+                break
+    return shapes
+
+
+_REQUIRE_ATTEMPTS = 100
+
+
 @dataclass
 class Phantom:
-    """An image volume, its truth label map, and the geometry they share."""
+    """An image volume, its truth label map, the objects in it, and the geometry they share."""
 
     image: npt.NDArray[np.int16]  # HU, [slice, row, column]
     labels: npt.NDArray[np.uint8]
     geometry: Geometry
+    shapes: list[Shape] = field(default_factory=list)
     label_names: dict[int, str] = field(default_factory=lambda: dict(LABELS))
 
 
 def make_phantom(
-    geometry: Geometry | None = None, *, seed: int = 0, noise_hu: float = 20.0
+    geometry: Geometry | None = None,
+    *,
+    seed: int = 0,
+    noise_hu: float | None = None,
+    shapes: Sequence[Shape] | None = None,
+    require: Collection[int] = (),
 ) -> Phantom:
-    """Two ellipsoids of different density in a soft-tissue body, with Gaussian noise.
+    """A phantom on ``geometry``: random objects from ``seed``, or the ``shapes`` given.
 
-    Sizes are in millimetres, so the phantom looks alike whatever the grid's spacing.
+    ``noise_hu`` is the noise's standard deviation (default: drawn from 20-40 HU). ``require``
+    lists labels the random objects must include (e.g. ``(SPHERE, BOX)`` for a test that scores
+    both): objects are drawn again from the same generator until they do, so a seed whose first
+    draw already has them gives the same phantom as without ``require``.
     """
     geometry = geometry or Geometry()
     rng = np.random.default_rng(seed)
+    if shapes is not None:
+        placed = list(shapes)
+    else:
+        for _ in range(_REQUIRE_ATTEMPTS):
+            placed = random_shapes(geometry, rng)
+            if set(require) <= {shape.label for shape in placed}:
+                break
+        else:
+            raise ValueError(
+                f"no objects with labels {sorted(require)} fit a {geometry.shape} grid"
+            )
+    sd = float(rng.uniform(*NOISE_SD_HU)) if noise_hu is None else noise_hu
     nz, ny, nx = geometry.shape
-    zz, yy, xx = np.meshgrid(
-        np.arange(nz) * geometry.spacing[0],
-        np.arange(ny) * geometry.spacing[1],
-        np.arange(nx) * geometry.spacing[2],
-        indexing="ij",
-    )
-    extent = np.array(
-        [nz * geometry.spacing[0], ny * geometry.spacing[1], nx * geometry.spacing[2]]
+    zz, yy, xx = (
+        np.asarray((np.arange(n) * s).reshape(shape), dtype=np.float64)
+        for n, s, shape in zip(
+            geometry.shape, geometry.spacing, ((nz, 1, 1), (1, ny, 1), (1, 1, nx)), strict=True
+        )
     )
     labels = np.zeros(geometry.shape, dtype=np.uint8)
-    for label in sorted(LABELS):
-        centre = extent * rng.uniform(0.3, 0.7, size=3)
-        radii = extent * rng.uniform(0.12, 0.22, size=3)
-        inside = (
-            ((zz - centre[0]) / radii[0]) ** 2
-            + ((yy - centre[1]) / radii[1]) ** 2
-            + ((xx - centre[2]) / radii[2]) ** 2
-        ) <= 1.0
-        labels[inside & (labels == 0)] = label
-    hu_of_label = np.array([_HU[label] for label in sorted(_HU)], dtype=np.float64)
-    image = hu_of_label[labels]
-    image += rng.normal(0.0, noise_hu, size=image.shape)
-    return Phantom(image=np.round(image).astype(np.int16), labels=labels, geometry=geometry)
+    image = np.full(geometry.shape, BACKGROUND_HU, dtype=np.float32)
+    for shape in placed:
+        inside = np.broadcast_to(shape.mask(zz, yy, xx), geometry.shape)
+        labels[inside] = shape.label
+        image[inside] = shape.hu
+    image += rng.normal(0.0, sd, size=geometry.shape).astype(np.float32)
+    return Phantom(
+        image=np.round(image).astype(np.int16), labels=labels, geometry=geometry, shapes=placed
+    )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ where a setting's meaning and default live.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +41,48 @@ class DicomWebServer(BaseModel):
 
     url: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
+
+
+class PostgresIndex(BaseModel):
+    """Where Orthanc keeps its index when ``orthanc_index`` is ``postgresql``.
+
+    The DICOM files stay in the data directory; only the index (patients, studies, series,
+    instances, changes) moves, which lets a large archive outgrow SQLite and be backed up with
+    ``pg_dump``. ``host`` may be a Unix socket directory. The password comes from ``password``
+    (``AINODE_POSTGRESQL__PASSWORD``) or the first line of ``password_file``; it is written
+    only into Orthanc's configuration file (mode 0600) and never logged.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str = "orthanc"
+    username: str = "orthanc"
+    password: str | None = Field(default=None, repr=False)
+    password_file: Path | None = None
+
+    def resolved_password(self) -> str | None:
+        """The password, read from ``password_file`` when it is not given directly."""
+        if self.password is not None or self.password_file is None:
+            return self.password
+        try:
+            lines = self.password_file.read_text().splitlines()
+        except OSError as error:  # an OSError still, so `ainode up` reports it in one line
+            raise OSError(
+                error.errno, f"postgresql.password_file {self.password_file}: {error.strerror}"
+            ) from None
+        return lines[0] if lines else ""
+
+
+class Webhook(BaseModel):
+    """A receiver of job notifications; rules name it under ``notify:``.
+
+    The secret signs every notification (HMAC-SHA256); it is never logged or shown by a route.
+    """
+
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="http(s) URL receiving a POST")
+    secret: str = Field(min_length=16, repr=False, description="shared HMAC key")
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
 class Settings(BaseSettings):
@@ -61,6 +103,7 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     redis_url: str | None = Field(
         default=None,
+        repr=False,  # it may carry the broker's password; broker_url_redacted is for display
         description="External Redis; when unset the node starts its own on redis_port.",
     )
     redis_port: int = Field(default=6379, ge=1, le=65535)
@@ -77,6 +120,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=1, ge=1)
     worker_queues: list[str] = Field(
         default_factory=every_queue_name, description="Celery queues the local worker consumes"
+    )
+    model_cache_ttl_s: float = Field(
+        default=1800.0, ge=0, description="A worker unloads a model unused this long; 0: never."
+    )
+    gpu_memory_wait_s: float = Field(
+        default=600.0, ge=0, description="How long a job waits for a model's free GPU memory."
+    )
+    gpu_jobs_per_device: int = Field(
+        default=1, ge=1, description="Jobs running models on one GPU at once (all workers)."
     )
     stable_age_s: int = Field(default=2, ge=1, description="Orthanc StableAge for series.")
     change_sweep_s: float = Field(
@@ -103,6 +155,11 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=3, ge=1, description="Times a job is sent before a stuck job is failed."
     )
+    orthanc_index: Literal["sqlite", "postgresql"] = Field(
+        default="sqlite",
+        description="Orthanc's index: SQLite in the data directory, or PostgreSQL (postgresql).",
+    )
+    postgresql: PostgresIndex = Field(default_factory=PostgresIndex)
     orthanc_binary: Path = Path("/usr/sbin/Orthanc")
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
     orthanc_verbose: bool = False
@@ -110,6 +167,21 @@ class Settings(BaseSettings):
     models_registry: Path = REPO_ROOT / "configs" / "models.yaml"
     remote_modalities: dict[str, RemoteModality] = Field(default_factory=dict)
     dicomweb_servers: dict[str, DicomWebServer] = Field(default_factory=dict)
+    webhooks: dict[str, Webhook] = Field(
+        default_factory=dict, description="Notification receivers that rules name (notify:)."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Deliveries of one notification tried before it is failed."
+    )
+    webhook_retry_backoff_s: float = Field(
+        default=5.0, gt=0, description="Pause after a failed delivery; doubles each time."
+    )
+    webhook_retry_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="The longest pause between two deliveries."
+    )
+    webhook_sweep_s: float = Field(
+        default=2.0, gt=0, description="How often due notifications are looked for."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("data_dir")
@@ -120,6 +192,11 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def broker_url_redacted(self) -> str:
+        """The broker URL for logs, status lines and health answers: no password."""
+        return redact_url(self.broker_url)
 
     @property
     def http_url(self) -> str:
@@ -155,6 +232,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (``redis://:***@host:6379/0``)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class SettingsFileError(ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from playwright.sync_api import Locator, Page, expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from ainode.node.orthanc_config import ohif_installed
-from ainode.phantoms import Geometry, Phantom, SeriesIds, make_phantom, write_series
+from ainode.phantoms import SPHERE, Geometry, Phantom, SeriesIds, make_phantom, write_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -47,7 +48,6 @@ rules:
     outputs: [SEG]
     destinations: [orthanc]
 """
-LIVER = 1
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Pushed:
 @dataclass
 class UiNode:
     node: Node
-    segmented: Pushed  # its job is done: a SEG with Liver and Kidney is in Orthanc
+    segmented: Pushed  # its job is done: a SEG of the ONNX model's "Object" is in Orthanc
     failed: Pushed  # its job failed: the model's weights are missing
 
 
@@ -105,11 +105,22 @@ def page(new_page: Callable[[tuple[str, str] | None], Page], ui: UiNode) -> Page
     return new_page(ui.node.auth)
 
 
-def reddish_pixels(png: bytes) -> int:
-    """Pixels of the segmentation colours (red dominant) in a screenshot of a grey image."""
+def _saturated(png: bytes) -> NDArray[np.bool_]:
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return int(((red - green > 40) & (red - blue > 40)).sum())
+    saturated: NDArray[np.bool_] = rgb.max(axis=-1) - rgb.min(axis=-1) > 40
+    return saturated
+
+
+def coloured_pixels(png: bytes, before: bytes | None = None) -> int:
+    """Pixels of a segmentation colour (any saturated hue) on a grey image; with ``before``, a
+    screenshot of the same view, only those that were not coloured then (the viewer's own
+    coloured text and markers stay out of the count)."""
+    now = _saturated(png)
+    if before is not None:
+        was = _saturated(before)
+        if was.shape == now.shape:
+            now &= ~was
+    return int(now.sum())
 
 
 def stable_screenshot(locator: Locator) -> bytes | None:
@@ -120,13 +131,32 @@ def stable_screenshot(locator: Locator) -> bytes | None:
         return None
 
 
-def wait_for_overlay(locator: Locator, minimum: int) -> int:
+def wait_for_overlay(locator: Locator, minimum: int, before: bytes | None = None) -> int:
     def coloured() -> int:
         shot = stable_screenshot(locator)
-        n = reddish_pixels(shot) if shot else 0
+        n = coloured_pixels(shot, before) if shot else 0
         return n if n >= minimum else 0
 
     return int(wait_for(coloured, 30, 0.5, f"at least {minimum} segmentation-coloured pixels"))
+
+
+def scroll_to_middle_slice(page: Page, viewport: Locator, slices: int) -> None:
+    """Wheel through the stack to its middle image: the phantom's objects lie inside the grid,
+    not on its first or last slice, where OHIF opens."""
+    wanted = f"({slices // 2 + 1}/{slices})"
+    box = viewport.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+    def there() -> bool:
+        if page.get_by_text(wanted).count():
+            return True
+        shown = page.get_by_text(re.compile(rf"\(\d+/{slices}\)")).first.inner_text()
+        current = int(re.search(rf"\((\d+)/{slices}\)", shown).group(1))  # type: ignore[union-attr]
+        page.mouse.wheel(0, 100 if current < slices // 2 + 1 else -100)
+        return False
+
+    wait_for(there, 20, 0.2, f"OHIF to show image {wanted}")
 
 
 def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
@@ -145,17 +175,17 @@ def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(page: Page, u
     assert ui.segmented.ids.study_uid in page.url
     viewport = page.locator(".cornerstone-viewport-element").first
     expect(page.locator("[data-cy=viewport-overlay-top-left]").first).to_contain_text("Phantom CT")
+    scroll_to_middle_slice(page, viewport, ui.segmented.phantom.geometry.shape[0])
     before = wait_for(lambda: stable_screenshot(viewport), 10, 0.5, "a viewport screenshot")
-    assert reddish_pixels(before) < 50, "no segmentation before it is loaded"
 
     seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="AI: Demo phantom")
     expect(seg).to_have_count(1)
     seg.dblclick()
     page.get_by_role("button", name="Yes").click()  # "Do you want to open this Segmentation?"
-    wait_for_overlay(viewport, 1000)
+    scroll_to_middle_slice(page, viewport, ui.segmented.phantom.geometry.shape[0])
+    wait_for_overlay(viewport, 1000, before)
     page.locator("[data-cy=panelSegmentation-btn]").click()  # the segments, named by the SEG
-    expect(page.get_by_text("Liver", exact=True)).to_be_visible()
-    expect(page.get_by_text("Kidney", exact=True)).to_be_visible()
+    expect(page.get_by_text("Object", exact=True)).to_be_visible()
 
 
 # -- the AI dashboard ---------------------------------------------------------------------
@@ -220,8 +250,8 @@ def test_explorer_shows_a_series_ai_jobs_and_runs_ai_on_it(page: Page, ui: UiNod
 def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
     page: Page, ui: UiNode
 ) -> None:
-    truth = ui.segmented.phantom.labels == LIVER
-    z = int(np.argmax(truth.sum(axis=(1, 2))))  # the slice where the liver is largest
+    truth = ui.segmented.phantom.labels == SPHERE  # seed 3: one sphere, nothing else
+    z = int(np.argmax(truth.sum(axis=(1, 2))))  # the slice where the sphere is largest
     rows, cols = np.nonzero(truth[z])
     nearest = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
     y, x = int(rows[nearest]), int(cols[nearest])
@@ -236,7 +266,7 @@ def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
     for _ in range(abs(z - shown)):
         page.keyboard.press(key)
     expect(page.locator("#slice-label")).to_have_text(f"{z + 1} / {slices}")
-    assert reddish_pixels(canvas.screenshot()) == 0
+    assert coloured_pixels(canvas.screenshot()) == 0
 
     box = canvas.bounding_box()
     assert box is not None
@@ -255,7 +285,7 @@ def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
     expect(page.locator("#voxels")).to_have_text(f"{int(mask.sum())} voxels")
     wait_for_overlay(canvas, 200)
 
-    page.locator("#label").fill("Liver (clicked)")
+    page.locator("#label").fill("Sphere (clicked)")
     with page.expect_response(lambda r: r.url.endswith("/accept")) as accepted:
         page.locator("#accept").click()
     expect(page.locator("#stored-message")).to_contain_text("Stored as a DICOM-SEG")
@@ -264,7 +294,7 @@ def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
     series = ui.node.json(f"/series/{seg['orthanc_series']}")
     assert series["MainDicomTags"]["Modality"] == "SEG"
     tags = ui.node.json(f"/instances/{seg['orthanc_id']}/tags?simplify")
-    assert tags["SegmentSequence"][0]["SegmentLabel"] == "Liver (clicked)"
+    assert tags["SegmentSequence"][0]["SegmentLabel"] == "Sphere (clicked)"
     assert tags["ReferencedSeriesSequence"][0]["SeriesInstanceUID"] == ui.segmented.ids.series_uid
 
     # The plugin timed both forwarded requests for Prometheus.

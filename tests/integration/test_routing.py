@@ -104,6 +104,35 @@ def test_job_outputs_are_a_seg_and_an_rtstruct_of_the_source_series(
     assert study.RTReferencedSeriesSequence[0].SeriesInstanceUID == ids.series_uid
 
 
+def test_job_filters_take_orthanc_ids_or_uids(
+    routing_node: Node, ct_job: tuple[SeriesIds, Any]
+) -> None:
+    ids, job = ct_job
+    study_id = routing_node.lookup(ids.study_uid)
+    for query in (
+        {"series": ids.series_uid},
+        {"series": job["series_id"]},
+        {"study": ids.study_uid, "rule": "ct-demo"},
+        {"study": study_id, "state": "done,failed"},
+    ):
+        assert [j["id"] for j in routing_node.jobs(**query) if j["rule"]] == [job["id"]], query
+    assert routing_node.jobs(study=ids.study_uid, state="failed,cancelled") == []
+    assert routing_node.get("/ai/jobs", params={"state": "finished"}).status_code == 400
+
+
+def test_each_decision_writes_one_audit_line_without_patient_values(
+    routing_node: Node, ct_job: tuple[SeriesIds, Any]
+) -> None:
+    ids, job = ct_job
+    log = (routing_node.settings.logs_dir / "orthanc.log").read_text(errors="replace")
+    lines = [line for line in log.splitlines() if f"series_uid={ids.series_uid} " in line]
+    assert len(lines) == 1, lines
+    assert "audit: decision rule=ct-demo " in lines[0] and f"job={job['id']}" in lines[0]
+    assert "outcome=run" in lines[0] and 'reason="matched rule' in lines[0]
+    for identifying in (ids.patient_name, ids.patient_id, ids.patient_birth_date):
+        assert identifying not in lines[0]
+
+
 def test_the_nodes_own_results_never_get_a_job(
     routing_node: Node, ct_job: tuple[SeriesIds, Any]
 ) -> None:

@@ -11,6 +11,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from ainode.registry import Registry, RegistryError, UnknownModelError, load_reg
 from ainode.settings import Settings
 from ainode_worker.destinations import pending_statuses, send_to_destinations
 from ainode_worker.inference.errors import InferenceError
-from ainode_worker.inference.pipeline import BackendCache, run_pipeline
+from ainode_worker.inference.pipeline import BackendCache, cache_from_settings, run_pipeline
 from ainode_worker.interactive.errors import InteractiveError, UpstreamError
 from ainode_worker.interactive.orthanc import OrthancClient
 from ainode_worker.results import EmptyResultError, Provenance, ResultInputError
@@ -50,6 +52,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     UnknownModelError,
     RegistryError,
     ResultInputError,
+    MemoryError,  # the series needs more memory than this worker has; it would again
 )
 
 
@@ -69,7 +72,7 @@ class WorkerContext:
             settings=settings,
             registry=load_registry(settings.models_registry),
             orthanc=OrthancClient(settings.orthanc_base_url, orthanc_auth(settings)),
-            cache=BackendCache(settings.data_dir),
+            cache=cache_from_settings(settings),
             hostname=hostname,
         )
 
@@ -176,18 +179,32 @@ def _failed(request: JobRequest, ctx: WorkerContext, reason: str) -> JobUpdate:
     )
 
 
+@contextmanager
+def _step(steps: dict[str, float], name: str) -> Iterator[None]:
+    """Add the time spent in the block to ``steps[name]`` (seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[name] = round(steps.get(name, 0.0) + time.perf_counter() - start, 4)
+
+
 def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
+    """The job's work. Its ``detail["steps"]`` says where the time went (fetch, volume,
+    inference, export, store: seconds), ``detail["timings"]`` the pipeline's own stages."""
     folder = ctx.settings.data_dir / "results" / request.job_id
     spec = ctx.registry.get(request.pipeline)
-    detail: dict[str, Any] = {}
+    steps: dict[str, float] = {}
+    detail: dict[str, Any] = {"steps": steps}
     written = _reuse(folder, request)
     if written is None:
-        volumes = {"main": _load_volume(ctx, request.series_id)}
+        volumes = {"main": _load_volume(ctx, request.series_id, steps)}
         for channel, series_id in request.extra_series.items():
-            volumes[channel] = _load_volume(ctx, series_id)
-        result = run_pipeline(
-            ctx.registry, request.pipeline, volumes, request.params, cache=ctx.cache
-        )
+            volumes[channel] = _load_volume(ctx, series_id, steps)
+        with _step(steps, "inference_s"):
+            result = run_pipeline(
+                ctx.registry, request.pipeline, volumes, request.params, cache=ctx.cache
+            )
         detail["timings"] = result.timings
         provenance = Provenance(
             model_id=spec.id,
@@ -197,15 +214,16 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
             pipeline=request.pipeline,
         )
         try:
-            written = export_results(
-                result.labels,
-                volumes["main"].datasets,
-                result.label_specs,
-                provenance,
-                request.outputs,
-                folder,
-                probabilities=result.probabilities,
-            )
+            with _step(steps, "export_s"):
+                written = export_results(
+                    result.labels,
+                    volumes["main"].datasets,
+                    result.label_specs,
+                    provenance,
+                    request.outputs,
+                    folder,
+                    probabilities=result.probabilities,
+                )
         except EmptyResultError as error:
             return JobUpdate(
                 job_id=request.job_id,
@@ -217,7 +235,8 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
     else:
         detail["reused_results"] = True
     files = [w.path for w in written if w.is_dicom]
-    outcome = send_to_destinations(files, pending_statuses(request.destinations), ctx.settings)
+    with _step(steps, "store_s"):
+        outcome = send_to_destinations(files, pending_statuses(request.destinations), ctx.settings)
     failed = outcome.failed
     return JobUpdate(
         job_id=request.job_id,
@@ -234,14 +253,16 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
     )
 
 
-def _load_volume(ctx: WorkerContext, series_id: str) -> Volume:
+def _load_volume(ctx: WorkerContext, series_id: str, steps: dict[str, float]) -> Volume:
     try:
-        datasets = ctx.orthanc.series_datasets(series_id)
+        with _step(steps, "fetch_s"):
+            datasets = ctx.orthanc.series_datasets(series_id)
     except UpstreamError:
         raise
     except InteractiveError as error:  # series missing or unusable
         raise JobInputError(str(error)) from error
-    return volume_from_datasets(datasets)
+    with _step(steps, "volume_s"):
+        return volume_from_datasets(datasets)
 
 
 def _write_manifest(

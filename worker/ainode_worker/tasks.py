@@ -21,9 +21,13 @@ TRANSIENT_RETRIES = 3
 
 
 @cache
-def context() -> WorkerContext:
-    """Built on the first job, once per worker process: models stay loaded between jobs."""
-    return WorkerContext.from_settings(settings, hostname=socket.gethostname())
+def context(worker_name: str) -> WorkerContext:
+    """Built on the first job, once per worker process: models stay loaded between jobs.
+
+    ``worker_name`` is Celery's node name (``worker@<name>``), unique per worker even when
+    several run on one machine; job records carry it.
+    """
+    return WorkerContext.from_settings(settings, hostname=worker_name)
 
 
 @cache
@@ -35,7 +39,8 @@ def reporter() -> JobReporter:
 def run_job_task(self: Task, payload: dict[str, Any]) -> str:
     request = JobRequest.model_validate(payload)
     try:
-        return run_job(request, context(), reporter()).state.value
+        worker_name = self.request.hostname or socket.gethostname()
+        return run_job(request, context(worker_name), reporter()).state.value
     except UpstreamError as error:
         # Orthanc did not answer: try again later; the job stays "running" meanwhile.
         log.warning("job %s: %s; retrying", request.job_id, error)

@@ -10,7 +10,7 @@ import requests
 
 from ainode.broker import make_celery, ping_workers
 from ainode.credentials import orthanc_auth
-from ainode.settings import Settings
+from ainode.settings import Settings, redact_url
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def probe_redis(url: str) -> str | None:
     try:
         redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
     except redis.RedisError as error:
-        return f"Redis at {url} does not answer: {error}"
+        return f"Redis at {redact_url(url)} does not answer: {error}"
     return None
 
 
@@ -65,7 +65,7 @@ def collect_status(settings: Settings) -> NodeStatus:
     def record(name: str, reason: str | None, ok_detail: str) -> None:
         status.parts[name] = PartHealth(reason is None, reason or ok_detail)
 
-    record("redis", probe_redis(settings.broker_url), f"answers at {settings.broker_url}")
+    record("redis", probe_redis(settings.broker_url), f"answers at {settings.broker_url_redacted}")
     record(
         "orthanc",
         probe_http(f"{settings.orthanc_base_url}/system", auth),

@@ -21,6 +21,7 @@ BASE_CONFIG = REPO_ROOT / "orthanc" / "orthanc.json"
 PLUGIN_ENTRY = REPO_ROOT / "plugin" / "entry.py"
 PLUGIN_LIBRARIES = ("libOrthancPython.so", "libOrthancDicomWeb.so")
 SERVE_FOLDERS_LIBRARY = "libServeFolders.so"  # loaded after PLUGIN_LIBRARIES, see above
+POSTGRES_INDEX_LIBRARY = "libOrthancPostgreSQLIndex.so"  # Debian package orthanc-postgresql
 
 OHIF_DIR = REPO_ROOT / "build" / "ohif" / "current"  # the pinned version, set by bootstrap.sh
 OHIF_MOUNT = "/ohif"  # bootstrap.sh rebases the prebuilt viewer's public path onto this
@@ -58,6 +59,9 @@ def render_orthanc_config(
             "AINode": {"SettingsFile": str(settings_file), "SitePackages": site_packages},
         }
     )
+    if settings.orthanc_index == "postgresql":
+        config["Plugins"].append(str(settings.orthanc_plugins_dir / POSTGRES_INDEX_LIBRARY))
+        config["PostgreSQL"] = postgres_section(settings)
     serve_folders = settings.orthanc_plugins_dir / SERVE_FOLDERS_LIBRARY
     if ohif_installed() and serve_folders.exists():
         config["Plugins"].append(str(serve_folders))
@@ -70,6 +74,48 @@ def render_orthanc_config(
             "Folders": {OHIF_MOUNT: str(OHIF_DIR.resolve())},
         }
     return config
+
+
+def check_plugins_installed(config: dict[str, Any]) -> None:
+    """Raise with what to install when a plugin the configuration loads is not on disk.
+
+    Orthanc itself would only exit with a line in its log; ``ainode up`` says it up front.
+    """
+    for library in map(Path, config.get("Plugins", [])):
+        if not library.exists():
+            package = _PLUGIN_PACKAGES.get(library.name, "the Orthanc plugin's package")
+            raise FileNotFoundError(
+                f"Orthanc plugin {library} does not exist: install {package} "
+                "(or set orthanc_plugins_dir)"
+            )
+
+
+_PLUGIN_PACKAGES = {
+    "libOrthancPython.so": "the Debian package orthanc-python",
+    "libOrthancDicomWeb.so": "the Debian package orthanc-dicomweb",
+    POSTGRES_INDEX_LIBRARY: "the Debian package orthanc-postgresql (orthanc_index: postgresql)",
+}
+
+
+def postgres_section(settings: Settings) -> dict[str, Any]:
+    """The ``PostgreSQL`` section of the orthanc-postgresql plugin: index only, no storage.
+
+    ``Lock`` keeps a second Orthanc off the same database (two writers would corrupt it).
+    """
+    index = settings.postgresql
+    section: dict[str, Any] = {
+        "EnableIndex": True,
+        "EnableStorage": False,
+        "Host": index.host,
+        "Port": index.port,
+        "Database": index.database,
+        "Username": index.username,
+        "Lock": True,
+    }
+    password = index.resolved_password()
+    if password:
+        section["Password"] = password
+    return section
 
 
 def write_orthanc_config(settings: Settings, config: dict[str, Any]) -> Path:

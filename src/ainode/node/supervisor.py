@@ -17,7 +17,11 @@ from typing import IO
 from ainode.credentials import ensure_credentials, orthanc_auth
 from ainode.node.commands import interactive_argv, orthanc_argv, worker_argv
 from ainode.node.health import probe_http, probe_redis, probe_worker
-from ainode.node.orthanc_config import render_orthanc_config, write_orthanc_config
+from ainode.node.orthanc_config import (
+    check_plugins_installed,
+    render_orthanc_config,
+    write_orthanc_config,
+)
 from ainode.node.processes import ManagedProcess, StartError
 from ainode.settings import REPO_ROOT, Settings
 
@@ -57,15 +61,14 @@ class Supervisor:
         settings_file = s.run_dir / "settings.json"
         settings_file.touch(mode=0o600)
         settings_file.write_text(s.model_dump_json(indent=2))
-        orthanc_json = write_orthanc_config(
+        config = render_orthanc_config(
             s,
-            render_orthanc_config(
-                s,
-                credentials=credentials,
-                settings_file=settings_file,
-                site_packages=[sysconfig.get_paths()["purelib"]],
-            ),
+            credentials=credentials,
+            settings_file=settings_file,
+            site_packages=[sysconfig.get_paths()["purelib"]],
         )
+        check_plugins_installed(config)
+        orthanc_json = write_orthanc_config(s, config)
         self.services = self._define_services(orthanc_json, settings_file)
 
     def _take_lock(self) -> None:

@@ -28,12 +28,13 @@ from .rules import (
     Decision,
     FactsLike,
     HasAttributes,
+    Notify,
     Rule,
     RuleCheck,
     RuleSet,
     loop_guard,
 )
-from .schema import Action, MatchMode, Trigger
+from .schema import Action, MatchMode, NotifyEvent, Trigger
 from .watcher import RulesStatus, RulesWatcher
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "HasAttributes",
     "KnownDestinations",
     "MatchMode",
+    "Notify",
+    "NotifyEvent",
     "Pool",
     "Priority",
     "Problem",

@@ -1,7 +1,8 @@
 """Where a rule sends results, written in rules as ``orthanc``, ``dicom:NAME`` or ``dicomweb:NAME``.
 
-``NAME`` is a key of ``remote_modalities`` or ``dicomweb_servers`` in the node's settings, so
-the addresses and credentials of peers live only in settings and the rules stay shareable.
+``NAME`` is a key of ``remote_modalities`` or ``dicomweb_servers`` in the node's settings (and a
+rule's ``notify:`` names keys of ``webhooks``), so the addresses, credentials and secrets of
+peers live only in settings and the rules stay shareable.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ LOCAL_NAME = "local"
 
 @dataclass(frozen=True)
 class KnownDestinations:
-    """The peer names configured on this node; rules may only name these."""
+    """The peer names configured on this node (PACS, webhooks); rules may only name these."""
 
     dicom: frozenset[str] = frozenset()
     dicomweb: frozenset[str] = frozenset()
+    webhooks: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KnownDestinations:
         return cls(
             dicom=frozenset(settings.remote_modalities),
             dicomweb=frozenset(settings.dicomweb_servers),
+            webhooks=frozenset(settings.webhooks),
         )
 
 

@@ -2,25 +2,25 @@
 
 Everything that can be wrong in the file is found here, at load, with its line: syntax, unknown
 fields or operators, wrong types, bad regular expressions, unknown attribute keywords, duplicate
-rule names, pipelines the model registry does not know and destinations the settings do not
-name. Evaluation later can then never fail on the file's account.
+rule names, pipelines the model registry does not know, and destinations or webhooks the
+settings do not name. Evaluation later can then never fail on the file's account.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ainode.jobs import Destination
+from ainode.jobs import Destination, JobState
 
 from .conditions import parse_condition
 from .destinations import KnownDestinations, parse_destination, unknown_destination
 from .errors import Location, Problem, RulesError, format_field
-from .rules import Rule, RuleSet
+from .rules import Notify, Rule, RuleSet
 from .schema import Action, RuleModel, RulesFileModel, validation_problems
 from .yamlmarks import MarkedDocument, load_marked
 
@@ -169,6 +169,7 @@ def _compile(
             report(where, f"destination {text!r} is listed twice")
         else:
             destinations.append(destination)
+    notify = _compile_notify(model, base, known, report)
     return Rule(
         name=model.name,
         condition=condition,
@@ -180,10 +181,41 @@ def _compile(
         priority=model.priority,
         pool=model.pool,
         params=dict(model.params),
+        notify=notify,
         enabled=model.enabled,
         description=model.description,
         line=doc.line_of(base),
     )
+
+
+def _compile_notify(
+    model: RuleModel,
+    base: Location,
+    known: KnownDestinations | None,
+    report: Callable[[Location, str], None],
+) -> tuple[Notify, ...]:
+    if model.notify and model.action == Action.IGNORE:
+        report((*base, "notify"), "an `action: ignore` rule makes no job; remove `notify:`")
+        return ()
+    targets: list[Notify] = []
+    for position, item in enumerate(model.notify):
+        where: Location = (*base, "notify", position)
+        if known is not None and item.webhook not in known.webhooks:
+            names = ", ".join(sorted(known.webhooks)) or "none configured"
+            report(
+                (*where, "webhook"),
+                f"no webhook named {item.webhook!r} in the node's settings (webhooks: {names})",
+            )
+            continue
+        if any(target.webhook == item.webhook for target in targets):
+            report((*where, "webhook"), f"webhook {item.webhook!r} is listed twice")
+            continue
+        for index, event in enumerate(item.events):
+            if event in item.events[:index]:
+                report((*where, "events", index), f"event {event.value} is listed twice")
+        events = tuple(JobState(event.value) for event in dict.fromkeys(item.events))
+        targets.append(Notify(webhook=item.webhook, events=events))
+    return tuple(targets)
 
 
 def _problem(

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from pydantic import JsonValue
 
-from ainode.jobs import Destination, OutputKind
+from ainode.jobs import Destination, JobState, OutputKind
 from ainode.queues import Pool, Priority, queue_name
 
 from .attributes import AttributeValues, normalize_attributes
@@ -71,6 +71,14 @@ def facts_mapping(facts: FactsLike) -> Mapping[str, AttributeValues]:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """Tell webhook ``webhook`` (a key of the ``webhooks`` setting) when a job enters ``events``."""
+
+    webhook: str
+    events: tuple[JobState, ...]
+
+
+@dataclass(frozen=True)
 class Rule:
     """One compiled rule: its condition is a tree of matchers, its regexes are compiled."""
 
@@ -84,6 +92,7 @@ class Rule:
     priority: Priority = Priority.NORMAL
     pool: Pool | None = None
     params: Mapping[str, JsonValue] = field(default_factory=dict, compare=False)
+    notify: tuple[Notify, ...] = ()
     enabled: bool = True
     description: str | None = None
     line: int | None = None

@@ -43,6 +43,36 @@ class Action(StrEnum):
     IGNORE = "ignore"  # decide "ignored" (first-match: stop here; all-match: veto every job)
 
 
+class NotifyEvent(StrEnum):
+    """The job states a rule's webhook can be told about (never "ignored": that is no job)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def _webhook_item(value: Any) -> Any:
+    """``notify: [ris]`` is short for ``notify: [{webhook: ris}]`` (every event)."""
+    if isinstance(value, str):
+        return {"webhook": value}
+    if not isinstance(value, dict):
+        raise ValueError(
+            "write a webhook name from the node's settings, or {webhook: NAME, events: [...]}"
+        )
+    return value
+
+
+class NotifyModel(BaseModel):
+    """One item of a rule's ``notify:``: a webhook named in settings and the events it wants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook: StrictStr = Field(min_length=1)
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NotifyEvent), min_length=1)
+
+
 def _not_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("a yes/no value is not a number or text here; put it in quotes")
@@ -91,6 +121,9 @@ class RuleModel(BaseModel):
     priority: Priority = Priority.NORMAL
     pool: Pool | None = None
     params: dict[str, JsonValue] = Field(default_factory=dict)
+    notify: list[Annotated[NotifyModel, BeforeValidator(_webhook_item)]] = Field(
+        default_factory=list
+    )
 
 
 class RulesFileModel(BaseModel):
@@ -112,6 +145,7 @@ _FIELD_HINTS: dict[str, str] = {
     "rules": "list the rules under `rules:` (an empty list `rules: []` ignores every series)",
     "name": "every rule needs a unique `name:`",
     "when": "every rule needs a `when:` condition, e.g. `when: {Modality: CT}`",
+    "webhook": "name a webhook of the node's settings, e.g. `{webhook: ris, events: [done]}`",
 }
 
 
@@ -175,6 +209,8 @@ _SCALAR_TYPE_ERRORS = frozenset({"string_type", "int_type", "float_type", "finit
 def _owner_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
     """The model whose field list applies at ``loc`` (for 'unknown field' messages)."""
     if model is RulesFileModel and len(loc) >= 3 and loc[0] == "rules":
+        if len(loc) >= 5 and loc[2] == "notify":
+            return NotifyModel
         return RuleModel
     return model
 

@@ -107,6 +107,18 @@ class RulesWatcher:
                 checked_at=self._checked_at,
             )
 
+    def validate(self, content: str | bytes, source: str = "<request body>") -> RuleSet:
+        """Check rules text against the same registry and settings, without putting it in force.
+
+        Raises :class:`RulesError` with every problem; the rules in force are left untouched.
+        """
+        return parse_rules(
+            content,
+            source=source,
+            known_pipelines=self._known_pipelines,
+            destinations=self._destinations,
+        )
+
     def check(self) -> bool:
         """Reload if the file changed; True when new rules came into force."""
         with self._lock:

@@ -489,7 +489,8 @@ def test_the_guide_names_the_images_volumes_and_variables_that_exist() -> None:
         assert f"`{image}`" in guide, f"docs/deploying.md does not name {image}"
     # Volume names as docker sees them: <project name>_<volume>.
     assert COMPOSE["name"] == "ainode"
-    for volume in re.findall(r"\bainode_([a-z0-9-]+)", guide):
+    # Docker's names, not paths or module names such as worker/ainode_worker/...
+    for volume in re.findall(r"(?<![\w/.])ainode_([a-z0-9-]+)", guide):
         assert volume in COMPOSE["volumes"], f"the guide names volume ainode_{volume}"
     active, commented = env_example()
     for variable in re.findall(r"^\s*([A-Z][A-Z0-9_]+)=", guide, flags=re.MULTILINE):

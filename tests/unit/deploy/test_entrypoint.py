@@ -87,6 +87,7 @@ def test_orthanc_config_uses_postgres_index_and_the_node_overlay(tmp_path: Path)
         "Port": 5433,
         "Database": "pacsindex",
         "Username": "orthanc",
+        "Lock": True,
         "Password": "pg-secret",
     }
     assert config["Plugins"] == [
@@ -102,7 +103,10 @@ def test_orthanc_config_uses_postgres_index_and_the_node_overlay(tmp_path: Path)
 
     # The plugin reads back the same settings from the file the configuration names.
     settings_file = Path(config["AINode"]["SettingsFile"])
-    assert Settings(**json.loads(settings_file.read_text())) == settings
+    effective = settings.model_copy(
+        update={"orthanc_index": "postgresql", "postgresql": entrypoint.postgres_index(environ)}
+    )
+    assert Settings(**json.loads(settings_file.read_text())) == effective
     for secret_file in (path, settings_file):
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600, secret_file
     assert config["AINode"]["SitePackages"] and all(
@@ -121,7 +125,7 @@ def test_postgres_host_without_password_is_refused(tmp_path: Path) -> None:
     with pytest.raises(entrypoint.DeploymentError, match="POSTGRES_PASSWORD"):
         entrypoint.prepare_orthanc(node_settings(tmp_path), {"POSTGRES_HOST": "postgres"})
     with pytest.raises(entrypoint.DeploymentError, match="POSTGRES_PORT"):
-        entrypoint.PostgresIndex.from_environment(
+        entrypoint.postgres_index(
             {"POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "x", "POSTGRES_PORT": "five"}
         )
 

@@ -21,13 +21,16 @@ from ainode.registry import Code, LabelSpec
 
 from .peers import OrthancServer, StoreScp, start_orthanc, start_storescp, stop
 
-ANATOMY = Code(value="123037004", meaning="Anatomical Structure")
+OBJECT = Code(value="260787004", meaning="Physical object")
 LABELS = [
     LabelSpec(
-        value=1, name="liver", category=ANATOMY, type=Code(value="10200004", meaning="Liver")
+        value=1,
+        name="sphere",
+        category=OBJECT,
+        type=Code(value="122485", scheme="DCM", meaning="Sphere"),
     ),
     LabelSpec(
-        value=2, name="kidney", category=ANATOMY, type=Code(value="64033007", meaning="Kidney")
+        value=2, name="box", category=OBJECT, type=Code(value="706342009", meaning="Phantom")
     ),
 ]
 OUTPUTS = [OutputKind.SEG, OutputKind.SEG_LABELMAP, OutputKind.RTSTRUCT, OutputKind.SR]

@@ -27,7 +27,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> BackendCache:
 
 @pytest.fixture(scope="session")
 def phantom() -> tuple[Phantom, Volume]:
-    """The 48x64x64 default-geometry phantom, unseen in training."""
+    """The 48x64x64 default-geometry phantom with spheres and a box, unseen in training."""
     return phantom_volume()
 
 

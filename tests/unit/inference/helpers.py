@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 from ainode_worker.volume import Volume, volume_from_datasets
 
-from ainode.phantoms import Geometry, Phantom, SeriesIds, make_phantom, phantom_datasets
+from ainode.phantoms import (
+    BOX,
+    SPHERE,
+    Geometry,
+    Phantom,
+    SeriesIds,
+    make_phantom,
+    phantom_datasets,
+)
 
 UNSEEN_SEED = 424242  # the demo model never saw this phantom
 
@@ -19,5 +27,6 @@ def dice(predicted: np.ndarray, truth: np.ndarray, label: int) -> float:
 def phantom_volume(
     geometry: Geometry | None = None, seed: int = UNSEEN_SEED
 ) -> tuple[Phantom, Volume]:
-    phantom = make_phantom(geometry or Geometry(), seed=seed)
+    """A phantom with at least one sphere and one box (so both labels are scored)."""
+    phantom = make_phantom(geometry or Geometry(), seed=seed, require=(SPHERE, BOX))
     return phantom, volume_from_datasets(list(phantom_datasets(phantom, SeriesIds())))

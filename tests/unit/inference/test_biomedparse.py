@@ -2,7 +2,8 @@
 
 The stand-in (FastAPI + uvicorn, started here) plays an external BiomedParse server: it takes
 ``POST /api/biomedparse/v1/predict-3d-nifti`` (NIfTI upload + prompts) and serves npz masks and
-heatmaps under ``/files/``; it segments by thresholding CT numbers per prompt.
+heatmaps under ``/files/``; it segments by thresholding CT numbers per prompt, so the phantom
+here gives its spheres and boxes different CT numbers (the specification lets them overlap).
 """
 
 from __future__ import annotations
@@ -30,17 +31,25 @@ from ainode_worker.inference import (
 )
 from ainode_worker.inference.biomedparse import BiomedParseBackend
 from ainode_worker.inference.nifti import nifti_affine
-from ainode_worker.volume import Volume
+from ainode_worker.volume import Volume, volume_from_datasets
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 from scipy import ndimage
 
-from ainode.phantoms import Phantom
+from ainode.phantoms import (
+    Box,
+    Geometry,
+    Phantom,
+    SeriesIds,
+    Sphere,
+    make_phantom,
+    phantom_datasets,
+)
 from ainode.registry import load_registry
 
 from .helpers import dice
 
-BANDS = {"liver": (100.0, 210.0), "kidney": (210.0, 10_000.0)}
+BANDS = {"sphere": (100.0, 210.0), "box": (210.0, 10_000.0)}
 
 
 def _service(seen: dict[str, Any]) -> FastAPI:
@@ -115,13 +124,25 @@ def service() -> Iterator[tuple[str, dict[str, Any]]]:
     thread.join(timeout=10)
 
 
-def _registry(tmp_path: Path, url: str, prompts: str = "{1: liver, 2: kidney}") -> Path:
+@pytest.fixture(scope="module")
+def phantom() -> tuple[Phantom, Volume]:
+    """Spheres at 150 HU and a box at 260 HU, in the stand-in's two CT-number bands."""
+    shapes = [
+        Sphere((25.0, 18.0, 20.0), 12.0, 150.0),
+        Sphere((95.0, 30.0, 30.0), 10.0, 150.0),
+        Box((60.0, 30.0, 30.0), (12.0, 14.0, 12.0), 260.0),
+    ]
+    truth = make_phantom(Geometry(), seed=5, shapes=shapes)
+    return truth, volume_from_datasets(list(phantom_datasets(truth, SeriesIds())))
+
+
+def _registry(tmp_path: Path, url: str, prompts: str = "{1: sphere, 2: box}") -> Path:
     path = tmp_path / "models.yaml"
     path.write_text(
         f"""\
 models:
   - id: bp
-    name: BiomedParse organs
+    name: BiomedParse objects
     kind: biomedparse
     version: "2.0"
     biomedparse:
@@ -129,13 +150,13 @@ models:
       prompts: {prompts}
     labels:
       - value: 1
-        name: Liver
-        category: {{value: "123037004", meaning: Anatomical Structure}}
-        type: {{value: "10200004", meaning: Liver}}
+        name: Sphere
+        category: {{value: "260787004", meaning: Physical object}}
+        type: {{value: "122485", scheme: DCM, meaning: Sphere}}
       - value: 2
-        name: Kidney
-        category: {{value: "123037004", meaning: Anatomical Structure}}
-        type: {{value: "64033007", meaning: Kidney}}
+        name: Box
+        category: {{value: "260787004", meaning: Physical object}}
+        type: {{value: "706342009", meaning: Phantom}}
 """
     )
     return path
@@ -170,7 +191,7 @@ def test_service_error_is_reported_with_its_status(
     service: tuple[str, dict[str, Any]], tmp_path: Path, phantom: tuple[Phantom, Volume]
 ) -> None:
     url, _ = service
-    registry = load_registry(_registry(tmp_path, url, prompts="{1: fail, 2: kidney}"))
+    registry = load_registry(_registry(tmp_path, url, prompts="{1: fail, 2: box}"))
     with pytest.raises(RemoteServiceError, match=r"HTTP 500 .*out of memory"):
         run_pipeline(
             registry, "bp", {"main": phantom[1]}, {}, cache=BackendCache(tmp_path / "data")

@@ -28,13 +28,13 @@ models:
     totalsegmentator: {{task: {task}}}
     labels:
       - value: 7
-        name: kidney
-        category: {{value: "123037004", meaning: Anatomical Structure}}
-        type: {{value: "64033007", meaning: Kidney}}
+        name: box
+        category: {{value: "260787004", meaning: Physical object}}
+        type: {{value: "706342009", meaning: Phantom}}
       - value: 3
-        name: liver
-        category: {{value: "123037004", meaning: Anatomical Structure}}
-        type: {{value: "10200004", meaning: Liver}}
+        name: sphere
+        category: {{value: "260787004", meaning: Physical object}}
+        type: {{value: "122485", scheme: DCM, meaning: Sphere}}
 """
 
 
@@ -60,7 +60,7 @@ def test_task_runs_from_totalsegmentator_layout_with_labels_matched_by_name(
     result = run_pipeline(
         registry, "ts-lung_vessels", {"main": volume}, {}, cache=BackendCache(data_dir)
     )
-    # the registry's values (3 liver, 7 kidney), not the model's (1, 2)
+    # the registry's values (3 sphere, 7 box), not the model's (1, 2)
     assert dice((result.labels == 3), truth.labels == 1, True) >= 0.9
     assert dice((result.labels == 7), truth.labels == 2, True) >= 0.9
     # usage statistics off, home inside the node's data dir

@@ -23,6 +23,7 @@ from .helpers import OrthancServer
 
 REPO = Path(__file__).resolve().parents[3]
 ORTHANC = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +74,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {"tester": "secret"},
-        "Plugins": [],
+        # The service reads a series in one WADO-RS request (DICOMweb plugin).
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = (folder / "orthanc.log").open("w")

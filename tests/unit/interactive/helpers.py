@@ -17,7 +17,20 @@ from nodeharness import free_port
 from pydicom import Dataset
 from scipy import ndimage as ndi
 
-from ainode.phantoms import Geometry, Phantom, SeriesIds, make_phantom, phantom_datasets
+from ainode.phantoms import (
+    BOX_HALF_SIDE_MM,
+    GAP_MM,
+    OBJECT_HU,
+    SPHERE_RADIUS_MM,
+    Box,
+    Geometry,
+    Phantom,
+    SeriesIds,
+    Shape,
+    Sphere,
+    make_phantom,
+    phantom_datasets,
+)
 
 
 @dataclass
@@ -32,15 +45,59 @@ class PhantomSeries:
         return self.ids.series_uid
 
 
-def phantom_series(geometry: Geometry | None = None, *, seed: int = 0) -> PhantomSeries:
-    phantom = make_phantom(geometry, seed=seed)
+def sphere_and_box(geometry: Geometry, seed: int) -> list[Shape]:
+    """One sphere (label 1) and one box (label 2) side by side along the columns.
+
+    The specification's objects, as large as the grid allows, at CT numbers and offsets drawn
+    from ``seed``: each label is then one object, so a click's result can be scored against it.
+    """
+    rng = np.random.default_rng(seed)
+    extent = geometry.extent_mm
+    usable = extent[2] - 3 * GAP_MM  # both objects side by side, gaps before, between, after
+    room = extent / 2 - GAP_MM
+    radius = min(SPHERE_RADIUS_MM[1], 0.55 * usable / 2, room[0], room[1])
+    half = (
+        min(BOX_HALF_SIDE_MM[1], 0.8 * room[0]),
+        min(BOX_HALF_SIDE_MM[1], 0.8 * room[1]),
+        min(BOX_HALF_SIDE_MM[1], 0.45 * usable / 2),
+    )
+
+    def centre(half_extent: tuple[float, ...], column: float) -> tuple[float, float, float]:
+        slack = [max(0.0, r - h) for r, h in zip(room[:2], half_extent[:2], strict=True)]
+        offsets = [float(rng.uniform(-s / 2, s / 2)) for s in slack]
+        return (extent[0] / 2 + offsets[0], extent[1] / 2 + offsets[1], column)
+
+    sphere = Sphere(
+        centre((radius, radius), GAP_MM + 0.55 * usable / 2),
+        float(radius),
+        float(rng.uniform(*OBJECT_HU)),
+    )
+    box = Box(
+        centre(half, extent[2] - GAP_MM - 0.45 * usable / 2),
+        (float(half[0]), float(half[1]), float(half[2])),
+        float(rng.uniform(*OBJECT_HU)),
+    )
+    return [sphere, box]
+
+
+def phantom_series(
+    geometry: Geometry | None = None,
+    *,
+    seed: int = 0,
+    shapes: list[Shape] | None = None,
+    noise_hu: float | None = None,
+) -> PhantomSeries:
+    """A phantom series holding :func:`sphere_and_box` unless ``shapes`` are given."""
+    geometry = geometry or Geometry()
+    placed = shapes if shapes is not None else sphere_and_box(geometry, seed)
+    phantom = make_phantom(geometry, seed=seed, shapes=placed, noise_hu=noise_hu)
     ids = SeriesIds()
     datasets = list(phantom_datasets(phantom, ids))
     return PhantomSeries(phantom, ids, datasets, volume_from_datasets(datasets))
 
 
-def organ_click(phantom: Phantom, label: int) -> tuple[int, int, int]:
-    """(x, y, z) of the voxel of an organ farthest from its border: a click a user would make."""
+def object_click(phantom: Phantom, label: int) -> tuple[int, int, int]:
+    """(x, y, z) of the voxel of an object farthest from its border: where a user clicks."""
     depth = ndi.distance_transform_edt(phantom.labels == label, sampling=phantom.geometry.spacing)
     z, y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return int(x), int(y), int(z)

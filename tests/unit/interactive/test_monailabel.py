@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from ainode.phantoms import Geometry
 
-from .helpers import PhantomSeries, dice, organ_click, phantom_series
+from .helpers import PhantomSeries, dice, object_click, phantom_series
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def series() -> PhantomSeries:
 def client(series: PhantomSeries) -> TestClient:
     loader = InMemoryVolumeLoader()
     loader.add(series.volume)
-    config = InteractiveConfig(store_accepted=False, labels={"liver": 1, "kidney": 2})
+    config = InteractiveConfig(store_accepted=False, labels={"sphere": 1, "box": 2})
     return TestClient(create_app(config, loader=loader))
 
 
@@ -76,43 +76,43 @@ def _ohif_parse(answer: Any) -> tuple[dict[str, Any], bytes]:
 def test_info_reports_models_and_labels_as_monai_label(client: TestClient) -> None:
     info = client.get("/monailabel/info/").json()
     assert {"name", "version", "labels", "models", "datastore"} <= set(info)
-    assert info["labels"] == ["background", "liver", "kidney"]  # background first, by value
+    assert info["labels"] == ["background", "sphere", "box"]  # background first, by value
     model = info["models"]["regiongrow"]
     assert model["type"] == "deepedit"
-    assert model["labels"] == {"background": 0, "liver": 1, "kidney": 2}
+    assert model["labels"] == {"background": 0, "sphere": 1, "box": 2}
     assert model["dimension"] == 3
 
 
 def test_deepgrow_style_clicks_answer_multipart(
     client: TestClient, series: PhantomSeries, tmp_path: Path
 ) -> None:
-    liver = organ_click(series.phantom, 1)
-    answer = _infer(client, series.uid, {"foreground": [list(liver)], "background": []})
+    sphere = object_click(series.phantom, 1)
+    answer = _infer(client, series.uid, {"foreground": [list(sphere)], "background": []})
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("multipart/form-data; boundary=")
     parts = _parts(answer)
     kind, _, raw = parts["params"]
     assert kind == "application/json"
     params = json.loads(raw)
-    assert params["label_names"] == {"background": 0, "liver": 1, "kidney": 2}
+    assert params["label_names"] == {"background": 0, "sphere": 1, "box": 2}
     assert set(params["latencies"]) >= {"pre", "infer", "write", "total"}
-    value, _, _, cz = params["centroids"]["liver"]
-    assert value == "1" and abs(int(cz) - liver[2]) <= 3
+    value, _, _, cz = params["centroids"]["sphere"]
+    assert value == "1" and abs(int(cz) - sphere[2]) <= 3
     kind, filename, nifti = parts["image"]
     assert kind == "application/octet-stream" and filename == "label.nii.gz"
     path = tmp_path / "label.nii.gz"
     path.write_bytes(nifti)
     nifti_image: Any = nib.load(path)
     labels = np.asarray(nifti_image.dataobj).transpose(2, 1, 0)
-    assert dice(labels == 1, series.phantom.labels == 1) >= 0.9
+    assert dice(labels == 1, series.phantom.labels == 1) >= 0.85
 
 
 def test_ohif_request_for_uint16_nrrd(
     client: TestClient, series: PhantomSeries, tmp_path: Path
 ) -> None:
-    kidney = organ_click(series.phantom, 2)
+    box = object_click(series.phantom, 2)
     params = {
-        "foreground": [list(kidney)],
+        "foreground": [list(box)],
         "background": [],
         "result_extension": ".nrrd",
         "result_dtype": "uint16",
@@ -128,15 +128,15 @@ def test_ohif_request_for_uint16_nrrd(
     assert image.GetPixelID() == sitk.sitkUInt16
     labels = sitk.GetArrayFromImage(image)
     # 'foreground' clicks belong to the first label, as MONAI Label's DeepGrow-style models do.
-    assert dice(labels == 1, series.phantom.labels == 2) >= 0.9
+    assert dice(labels == 1, series.phantom.labels == 2) >= 0.85
 
 
 def test_deepedit_style_clicks_per_label(
     client: TestClient, series: PhantomSeries, tmp_path: Path
 ) -> None:
     params = {
-        "liver": [list(organ_click(series.phantom, 1))],
-        "kidney": [list(organ_click(series.phantom, 2))],
+        "sphere": [list(object_click(series.phantom, 1))],
+        "box": [list(object_click(series.phantom, 2))],
         "background": [],
         "result_extension": ".nrrd",
     }
@@ -147,16 +147,16 @@ def test_deepedit_style_clicks_per_label(
     path.write_bytes(answer.content)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     for value in (1, 2):
-        assert dice(labels == value, series.phantom.labels == value) >= 0.9
+        assert dice(labels == value, series.phantom.labels == value) >= 0.85
 
 
 def test_vista_style_points_and_json_output(client: TestClient, series: PhantomSeries) -> None:
-    liver = organ_click(series.phantom, 1)
-    params = {"points": [list(liver)], "point_labels": [1]}
+    sphere = object_click(series.phantom, 1)
+    params = {"points": [list(sphere)], "point_labels": [1]}
     answer = _infer(client, series.uid, params, output="json")
     assert answer.headers["content-type"].startswith("application/json")
     result = answer.json()
-    assert result["centroids"]["liver"][0] == "1"
+    assert result["centroids"]["sphere"][0] == "1"
     again = _infer(client, series.uid, params, output="json").json()
     assert again["session"] == result["session"]  # one session per series
     assert again["latencies"]["pre"] == 0.0  # the volume stayed loaded

@@ -12,12 +12,15 @@ import requests
 from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
+from ainode_worker.interactive.orthanc import OrthancClient
+from ainode_worker.volume import volume_from_datasets
 from fastapi.testclient import TestClient
 from nodeharness import free_port
+from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from ainode.phantoms import Geometry
 
-from .helpers import OrthancServer, PhantomSeries, dice, organ_click, phantom_series
+from .helpers import OrthancServer, PhantomSeries, dice, object_click, phantom_series
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def test_series_by_uid_or_orthanc_id(
     orthanc: OrthancServer, stored: tuple[PhantomSeries, str]
 ) -> None:
     series, orthanc_id = stored
-    x, y, z = organ_click(series.phantom, 1)
+    x, y, z = object_click(series.phantom, 1)
     client = _client(orthanc)
     masks = []
     for reference in (series.uid, orthanc_id):
@@ -51,14 +54,14 @@ def test_series_by_uid_or_orthanc_id(
         assert answer.json()["timings"]["load_ms"] > 0
         masks.append(decode_mask(answer.json()["mask"]))
     assert np.array_equal(masks[0], masks[1])
-    assert dice(masks[0], series.phantom.labels == 1) >= 0.9
+    assert dice(masks[0], series.phantom.labels == 1) >= 0.85
 
 
 def test_accepted_mask_is_stored_as_a_seg_over_the_series(
     orthanc: OrthancServer, stored: tuple[PhantomSeries, str]
 ) -> None:
     series, _ = stored
-    x, y, z = organ_click(series.phantom, 2)
+    x, y, z = object_click(series.phantom, 2)
     client = _client(orthanc)
     segment = client.post(
         "/segment", json={"series": series.uid, "points": [{"x": x, "y": y, "z": z}]}
@@ -79,7 +82,10 @@ def test_accepted_mask_is_stored_as_a_seg_over_the_series(
     )
     read_back = pixels[..., 0]
     assert np.array_equal(read_back, decode_mask(segment["mask"]))
-    assert dice(read_back, series.phantom.labels == 2) >= 0.9
+    assert dice(read_back, series.phantom.labels == 2) >= 0.85
+    # A user steered the mask: the SEG says so, unlike the node's automatic results.
+    [segment_item] = pydicom.dcmread(io.BytesIO(raw)).SegmentSequence
+    assert segment_item.SegmentAlgorithmType == "SEMIAUTOMATIC"
     # Accepting the same mask again names the same object: Orthanc keeps one copy.
     again = client.post(f"/sessions/{segment['session']}/accept").json()
     assert again["seg"]["sop_instance_uid"] == accepted["seg"]["sop_instance_uid"]
@@ -91,7 +97,7 @@ def test_accept_without_a_mask_is_a_conflict(
 ) -> None:
     series, _ = stored
     client = _client(orthanc)
-    x, y, z = organ_click(series.phantom, 1)
+    x, y, z = object_click(series.phantom, 1)
     session = client.post(
         "/segment", json={"series": series.uid, "points": [{"x": x, "y": y, "z": z}]}
     ).json()["session"]
@@ -116,3 +122,18 @@ def test_unknown_series_and_unreachable_or_refusing_orthanc(
     refused = _client(orthanc, orthanc_password="wrong").post("/segment", json=body)
     assert refused.status_code == 502 and "credentials" in refused.json()["error"]
     assert _client(orthanc).get("/sessions").json() == {"sessions": []}
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
+def test_compressed_series_come_back_as_stored_and_decode(
+    orthanc: OrthancServer, syntax: UID
+) -> None:
+    """WADO-RS asks for the stored transfer syntax: Orthanc cannot transcode every one."""
+    series = phantom_series(Geometry(shape=(4, 32, 32), spacing=(2.5, 0.8, 0.8)), seed=4)
+    for ds in series.datasets:
+        ds.compress(syntax)
+    client = OrthancClient(orthanc.url, orthanc.auth)
+    datasets = client.series_datasets(orthanc.upload(series))
+    assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {syntax}
+    volume = volume_from_datasets(datasets)
+    np.testing.assert_array_equal(volume.array, series.phantom.image.astype(np.float32))

@@ -22,7 +22,7 @@ from ainode_worker.interactive.volumes import InMemoryVolumeLoader
 
 from ainode.phantoms import Geometry
 
-from .helpers import PhantomSeries, dice, organ_click, phantom_series
+from .helpers import PhantomSeries, dice, object_click, phantom_series
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def service(sam_models: Path, series: PhantomSeries) -> InteractiveService:
 def test_masks_are_deterministic_and_reuse_embeddings(
     service: InteractiveService, series: PhantomSeries, model: str
 ) -> None:
-    x, y, z = organ_click(series.phantom, 1)
+    x, y, z = object_click(series.phantom, 1)
     click = (Point(x, y, z, True),)
     first = service.segment(model=model, series=series.uid, points=click)
     assert first.mask.shape == series.volume.array.shape
@@ -79,7 +79,7 @@ def test_a_correction_on_another_slice_recomputes_only_what_it_changes(
     service: InteractiveService, series: PhantomSeries
 ) -> None:
     slices = series.volume.shape[0]
-    x, y, z = organ_click(series.phantom, 1)
+    x, y, z = object_click(series.phantom, 1)
     first = service.segment(model="sam-onnx", series=series.uid, points=(Point(x, y, z),))
     other = z + 2 if z + 2 < slices else z - 2
     prompts = (Point(x, y, z), Point(x, y, other, False))
@@ -93,7 +93,7 @@ def test_a_correction_on_another_slice_recomputes_only_what_it_changes(
 
 
 def test_pytorch_and_onnx_runtime_agree(service: InteractiveService, series: PhantomSeries) -> None:
-    x, y, z = organ_click(series.phantom, 2)
+    x, y, z = object_click(series.phantom, 2)
     prompts = {
         "points": (Point(x, y, z, True), Point(5, 5, z, False)),
         "boxes": (Box(z + 1, x - 8.0, y - 8.0, x + 8.0, y + 8.0),),
@@ -111,7 +111,7 @@ def test_pytorch_and_onnx_runtime_agree(service: InteractiveService, series: Pha
 def test_refining_with_the_previous_mask(
     service: InteractiveService, series: PhantomSeries
 ) -> None:
-    x, y, z = organ_click(series.phantom, 1)
+    x, y, z = object_click(series.phantom, 1)
     first = service.segment(model="sam2", series=series.uid, points=(Point(x, y, z, True),))
     refined = service.segment(
         model="sam2",
@@ -134,7 +134,7 @@ def test_a_missing_checkpoint_disables_only_that_model(
     service = InteractiveService(
         InteractiveConfig.model_validate({**data, "store_accepted": False}), loader
     )
-    x, y, z = organ_click(series.phantom, 1)
+    x, y, z = object_click(series.phantom, 1)
     for model in ("sam2", "sam-onnx"):
         with pytest.raises(ModelUnavailableError, match="does not exist"):
             service.segment(model=model, series=series.uid, points=(Point(x, y, z),))

@@ -20,7 +20,7 @@ from ainode_worker.interactive.volumes import InMemoryVolumeLoader
 
 from ainode.phantoms import Geometry
 
-from .helpers import PhantomSeries, ServedApp, organ_click, phantom_series
+from .helpers import PhantomSeries, ServedApp, object_click, phantom_series
 
 
 @dataclass
@@ -135,19 +135,23 @@ def _served(series: PhantomSeries, **config: Any) -> ServedApp:
 
 
 def test_requests_on_one_session_run_one_after_another(medium: PhantomSeries) -> None:
-    x, y, z = organ_click(medium.phantom, 1)
+    x, y, z = object_click(medium.phantom, 1)
     with _served(medium, max_concurrent=4) as served:
         first = _segment(served.url, {"series": medium.uid, "points": [{"x": x, "y": y, "z": z}]})
-        body = {"session": first["session"], "points": [{"x": x, "y": y, "z": z}]}
+        # Four different clicks: each grows its own region (none is served from the cache).
+        bodies = [
+            {"session": first["session"], "points": [{"x": x + dx, "y": y, "z": z}]}
+            for dx in (1, 2, 3, 4)
+        ]
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: _segment(served.url, body), range(4)))
+            results = list(pool.map(lambda body: _segment(served.url, body), bodies))
     assert {r["session"] for r in results} == {first["session"]}
     assert _max_overlap(_windows(results)) == 1
 
 
 @pytest.mark.parametrize("slots", [1, 2])
 def test_sessions_share_at_most_the_configured_slots(medium: PhantomSeries, slots: int) -> None:
-    x, y, z = organ_click(medium.phantom, 1)
+    x, y, z = object_click(medium.phantom, 1)
     body = {"series": medium.uid, "points": [{"x": x, "y": y, "z": z}]}
     with _served(medium, max_concurrent=slots) as served:
         with ThreadPoolExecutor(4) as pool:
@@ -168,7 +172,7 @@ def test_an_expired_session_answers_404(medium: PhantomSeries) -> None:
     loader.add(medium.volume)
     config = InteractiveConfig(store_accepted=False, idle_ttl_s=30.0)
     service = InteractiveService(config, loader, clock=clock)
-    x, y, z = organ_click(medium.phantom, 2)
+    x, y, z = object_click(medium.phantom, 2)
     first = service.segment(model="regiongrow", series=medium.uid, points=(Point(x, y, z),))
     clock.now += 31
     with pytest.raises(SessionNotFoundError):
@@ -180,12 +184,13 @@ def test_reset_keeps_features_and_forgets_the_mask(medium: PhantomSeries) -> Non
     loader = InMemoryVolumeLoader()
     loader.add(medium.volume)
     service = InteractiveService(InteractiveConfig(store_accepted=False), loader)
-    x, y, z = organ_click(medium.phantom, 2)
+    x, y, z = object_click(medium.phantom, 2)
     first = service.segment(model="regiongrow", series=medium.uid, points=(Point(x, y, z),))
     service.reset(first.session)
     [summary] = service.sessions()
-    assert summary["model"] is None and summary["cache"]["regiongrow"]["entries"] == 1
+    # Kept: the smoothed volume and the region the click grew.
+    assert summary["model"] is None and summary["cache"]["regiongrow"]["entries"] == 2
     again = service.segment(model="regiongrow", session=first.session, points=(Point(x, y, z),))
-    assert again.timings.features_reused == 1
+    assert again.timings.features_reused == 1 and again.timings.decodes_reused == 1
     assert np.array_equal(again.mask, first.mask)
     assert again.timings.load_ms == 0.0  # the volume stayed loaded

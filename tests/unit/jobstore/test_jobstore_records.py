@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 from ainode_plugin.jobstore import (
+    SCHEMA_VERSION,
     DispatchState,
     InvalidTransition,
     JobNotFound,
@@ -148,7 +150,7 @@ def test_survives_reopening(tmp_path: Path, clock: Clock) -> None:
     with JobStore(path, clock=clock) as reopened:
         assert reopened.get(job_id) == before
         assert [job.id for job in reopened.pending_dispatch()] == [pending_id]
-        assert reopened.schema_version() == 1
+        assert reopened.schema_version() == SCHEMA_VERSION == 2
         facts = series_facts(1)
         _, created = reopened.record_decision(facts, decide(facts)[0])
         assert not created  # dedup holds across restarts
@@ -166,7 +168,8 @@ def test_file_is_wal_json_and_versioned(tmp_path: Path, clock: Clock) -> None:
         ).fetchone()
         assert json.loads(request_text)["job_id"] == job_id  # plain JSON, never a pickle
         assert json.loads(outputs) == []
-        assert raw.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        versions = raw.execute("SELECT version FROM schema_migrations ORDER BY version")
+        assert versions.fetchall() == [(1,), (2,)]
         raw.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
         raw.commit()
     finally:
@@ -303,6 +306,9 @@ def test_counts_and_listing(store: JobStore) -> None:
     assert {j.id for j in store.list_jobs(series=chest.series_uid)} == {j.id for j in jobs}
     assert {j.id for j in store.list_jobs(series=chest.series_id)} == {j.id for j in jobs}
     assert [j.rule for j in store.list_jobs(rule="chest-urgent")] == ["chest-urgent"]
+    assert len(store.list_jobs(study=chest.study_uid)) == 3  # by StudyInstanceUID...
+    assert len(store.list_jobs(study=chest.study_id, state=JobState.QUEUED)) == 1  # ...Orthanc id
+    assert store.list_jobs(study="9.9.9") == []
     page = store.list_jobs(limit=2) + store.list_jobs(limit=2, offset=2)
     assert len({j.id for j in page}) == 3
     with pytest.raises(ValueError, match="limit"):
@@ -315,3 +321,21 @@ def test_job_records_serialise_to_json(store: JobStore) -> None:
     assert data["state"] == "queued"
     assert data["request"]["outputs"] == [OutputKind.SEG.value, OutputKind.RTSTRUCT.value]
     assert RULES.get("ct-demo") is not None
+
+
+def test_each_new_decision_writes_one_audit_line(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ainode.audit")
+    ct, mr = series_facts(1), series_facts(2, modality="MR")
+    run, _ = store.record_decision(ct, decide(ct)[0])
+    ignored, _ = store.record_decision(mr, decide(mr)[0])
+    store.record_decision(ct, decide(ct)[0])  # a duplicate event: no new decision, no line
+    lines = [r.getMessage() for r in caplog.records if r.name == "ainode.audit"]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"audit: decision rule=ct-demo series_uid={ct.series_uid} ")
+    assert "outcome=run pipeline=demo-phantom" in lines[0] and f"job={run.id}" in lines[0]
+    assert f"rule={NO_RULE_MATCHED} series_uid={mr.series_uid}" in lines[1]
+    assert "outcome=ignored" in lines[1] and f"job={ignored.id}" in lines[1]
+    reason = lines[1].split(" reason=", 1)[1]
+    assert json.loads(reason) == ignored.reason  # quoted: one line, unambiguous to parse

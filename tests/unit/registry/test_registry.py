@@ -20,9 +20,9 @@ from ainode.settings import REPO_ROOT
 
 LABEL = """\
       - value: 1
-        name: Liver
-        category: {value: "123037004", meaning: Anatomical Structure}
-        type: {value: "10200004", meaning: Liver}
+        name: Sphere
+        category: {value: "260787004", meaning: Physical object}
+        type: {value: "122485", scheme: DCM, meaning: Sphere}
 """
 
 
@@ -62,7 +62,9 @@ def test_repository_registry_is_valid_and_has_the_demo_model() -> None:
     assert registry.check("demo-phantom-onnx").available
     cascade = registry.get("demo-cascade")
     assert [s.model for s in registry.stages(cascade.id)] == ["demo-phantom", "demo-phantom"]
-    assert [label.name for label in registry.output_labels(cascade.id)] == ["Liver", "Kidney"]
+    assert [label.name for label in registry.output_labels(cascade.id)] == ["Sphere", "Box"]
+    confirmed = registry.output_labels("demo-phantom-confirmed")  # the ONNX model's one label
+    assert [(label.value, label.name) for label in confirmed] == [(1, "Object")]
 
 
 def test_unknown_model_error_lists_known_ids(tmp_path: Path) -> None:
@@ -73,7 +75,9 @@ def test_unknown_model_error_lists_known_ids(tmp_path: Path) -> None:
 
 
 def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
-    body = "models:\n" + _model().replace('        type: {value: "10200004", meaning: Liver}\n', "")
+    body = "models:\n" + _model().replace(
+        '        type: {value: "122485", scheme: DCM, meaning: Sphere}\n', ""
+    )
     path = _write(tmp_path, body)
     message = _error(path)
     # line 8: "- value: 1" is the label entry that lacks its type

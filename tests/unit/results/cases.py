@@ -11,25 +11,29 @@ import pydicom
 from ainode_worker.results import Provenance
 from pydicom import Dataset
 
-from ainode.phantoms import Geometry, Phantom, SeriesIds, make_phantom, write_series
+from ainode.phantoms import BOX, SPHERE, Geometry, Phantom, SeriesIds, make_phantom, write_series
 from ainode.registry import Code, LabelSpec
 
 ANATOMY = Code(value="123037004", meaning="Anatomical Structure")
+OBJECT = Code(value="260787004", meaning="Physical object")
 LABELS = [
     LabelSpec(
         value=1,
-        name="liver",
-        category=ANATOMY,
-        type=Code(value="10200004", meaning="Liver"),
+        name="sphere",
+        category=OBJECT,
+        type=Code(value="122485", scheme="DCM", meaning="Sphere"),
         anatomic_region=Code(value="818981001", meaning="Abdomen"),
-        color=(221, 130, 101),
+        color=(230, 159, 0),
     ),
     LabelSpec(
-        value=2, name="kidney", category=ANATOMY, type=Code(value="64033007", meaning="Kidney")
+        value=2, name="box", category=OBJECT, type=Code(value="706342009", meaning="Phantom")
     ),
     # Described by the model but absent from every phantom: must be left out of the outputs.
     LabelSpec(
-        value=3, name="spleen", category=ANATOMY, type=Code(value="78961009", meaning="Spleen")
+        value=3,
+        name="marker",
+        category=OBJECT,
+        type=Code(value="262301009", meaning="Opaque Marker"),
     ),
 ]
 PROVENANCE = Provenance(
@@ -85,7 +89,8 @@ def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 def make_case(folder: Path, geometry: Geometry, *, seed: int = 0, shuffle: bool = True) -> Case:
-    phantom = make_phantom(geometry, seed=seed)
+    """A phantom with a sphere and a box (labels 1 and 2), written and read back."""
+    phantom = make_phantom(geometry, seed=seed, require=(SPHERE, BOX))
     n = geometry.shape[0]
     order = np.random.default_rng(seed).permutation(n).tolist() if shuffle else None
     paths = write_series(phantom, folder, SeriesIds(), order=order)

@@ -11,7 +11,7 @@ from ainode_worker.results import EmptyResultError, ResultInputError, save_dicom
 
 from ainode.jobs import OutputKind
 
-from .cases import Case
+from .cases import ANATOMY, Case
 from .readers import dciodvfy_errors, dice, rasterise_rtstruct
 
 
@@ -36,8 +36,8 @@ def test_rtstruct_passes_dciodvfy_and_rasterises_back(case: Case, tmp_path: Path
     path = _write(case, case.truth, tmp_path)
     assert dciodvfy_errors(path) == []
     masks = rasterise_rtstruct(path, case.sources)
-    assert set(masks) == {"liver", "kidney"}  # spleen is absent from the map
-    for name, value in (("liver", 1), ("kidney", 2)):
+    assert set(masks) == {"sphere", "box"}  # the marker is absent from the map
+    for name, value in (("sphere", 1), ("box", 2)):
         assert dice(masks[name], case.truth == value) >= 0.95, name
 
 
@@ -46,17 +46,17 @@ def test_holes_are_inner_contours_read_with_even_odd_rule(case: Case, tmp_path: 
     path = _write(case, truth, tmp_path)
     assert dciodvfy_errors(path) == []
     ds = pydicom.dcmread(path)
-    liver = ds.ROIContourSequence[0]
+    ring = ds.ROIContourSequence[0]
     per_slice: dict[str, int] = {}
-    for contour in liver.ContourSequence:
+    for contour in ring.ContourSequence:
         uid = contour.ContourImageSequence[0].ReferencedSOPInstanceUID
         per_slice[uid] = per_slice.get(uid, 0) + 1
     assert set(per_slice.values()) == {3}  # outer ring, hole, island
     masks = rasterise_rtstruct(path, case.sources)
-    for name, value in (("liver", 1), ("kidney", 2)):
+    for name, value in (("sphere", 1), ("box", 2)):
         assert dice(masks[name], truth == value) >= 0.95, name
     hole = (truth == 0)[8]
-    assert not masks["liver"][8][24, 30]  # inside the hole, outside the island
+    assert not masks["sphere"][8][24, 30]  # inside the hole, outside the island
     assert hole[24, 30]
 
 
@@ -74,13 +74,17 @@ def test_structure_set_content(oblique_case: Case) -> None:
     assert series.SeriesInstanceUID == source.SeriesInstanceUID
     assert len(series.ContourImageSequence) == len(case.sources)
     rois = {int(r.ROINumber): r for r in ds.StructureSetROISequence}
-    assert [rois[n].ROIName for n in sorted(rois)] == ["liver", "kidney"]
+    assert [rois[n].ROIName for n in sorted(rois)] == ["sphere", "box"]
     assert all(r.ROIGenerationAlgorithm == "AUTOMATIC" for r in rois.values())
     colours = {int(r.ReferencedROINumber): list(r.ROIDisplayColor) for r in ds.ROIContourSequence}
-    assert colours[1] == [221, 130, 101]
+    assert colours[1] == [230, 159, 0]
     observations = ds.RTROIObservationsSequence
-    assert observations[1].RTROIIdentificationCodeSequence[0].CodeMeaning == "Kidney"
-    assert observations[0].RTROIInterpretedType == "ORGAN"
+    assert observations[0].RTROIIdentificationCodeSequence[0].CodeMeaning == "Sphere"
+    assert observations[1].RTROIIdentificationCodeSequence[0].CodingSchemeDesignator == "SCT"
+    assert observations[0].RTROIInterpretedType == ""  # a physical object, not an organ
+    organs = [label.model_copy(update={"category": ANATOMY}) for label in case.labels]
+    as_organs = write_rtstruct(case.truth, case.sources, organs, case.provenance)
+    assert as_organs.RTROIObservationsSequence[0].RTROIInterpretedType == "ORGAN"
     for roi in ds.ROIContourSequence:
         for contour in roi.ContourSequence:
             raw = contour["ContourData"].value

@@ -128,18 +128,18 @@ def test_fractional_seg_passes_dciodvfy_and_keeps_probabilities(
     oblique_case: Case, tmp_path: Path, per_label_channels: bool
 ) -> None:
     case = oblique_case
-    background, liver, kidney = _probabilities(case.truth)
-    spleen = np.zeros_like(liver)  # described, never predicted: must be left out
+    background, sphere, box = _probabilities(case.truth)
+    marker = np.zeros_like(sphere)  # described, never predicted: must be left out
     if per_label_channels:  # one channel per entry of the label list, in that order
-        probabilities = np.stack([liver, kidney, spleen])
+        probabilities = np.stack([sphere, box, marker])
     else:  # channel c is label value c, channel 0 the background (nnU-Net's softmax)
-        probabilities = np.stack([background, liver, kidney, spleen])
+        probabilities = np.stack([background, sphere, box, marker])
     path = _write(case, tmp_path, OutputKind.SEG_FRACTIONAL, probabilities=probabilities)
     assert dciodvfy_errors(path) == []
     seg = hd.seg.segread(path)
     assert seg.SegmentationType == "FRACTIONAL"
     assert seg.SegmentationFractionalType == "PROBABILITY"
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "kidney"]  # no spleen
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["sphere", "box"]  # no marker
     uids = [str(ds.SOPInstanceUID) for ds in case.sources]
     back = seg.get_pixels_by_source_instance(uids, assert_missing_frames_are_empty=True)
     expected = _probabilities(case.truth)[1:]
@@ -150,21 +150,22 @@ def test_fractional_seg_passes_dciodvfy_and_keeps_probabilities(
 def test_segment_descriptions_and_references(oblique_case: Case) -> None:
     case = oblique_case
     seg = write_seg(case.truth, case.sources, case.labels, case.provenance)
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "kidney"]
-    liver, kidney = seg.SegmentSequence
-    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
-    assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
-    assert liver.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
-    assert kidney.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Kidney"
-    assert liver.AnatomicRegionSequence[0].CodeValue == "818981001"
-    assert liver.SegmentAlgorithmType == "AUTOMATIC"
-    assert liver.SegmentAlgorithmName == "Abdomen nnU-Net"
-    algorithm = liver.SegmentationAlgorithmIdentificationSequence[0]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["sphere", "box"]
+    sphere, box = seg.SegmentSequence
+    assert sphere.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "260787004"
+    assert sphere.SegmentedPropertyTypeCodeSequence[0].CodeValue == "122485"
+    assert sphere.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "DCM"
+    assert box.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+    assert box.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Phantom"
+    assert sphere.AnatomicRegionSequence[0].CodeValue == "818981001"
+    assert sphere.SegmentAlgorithmType == "AUTOMATIC"
+    assert sphere.SegmentAlgorithmName == "Abdomen nnU-Net"
+    algorithm = sphere.SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmVersion == "1.2.0"
     assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
-    rgb = hd.color.CIELabColor.from_dicom_value(liver.RecommendedDisplayCIELabValue).to_rgb()
-    assert np.abs(np.array(rgb, dtype=int) - (221, 130, 101)).max() <= 2
-    assert "RecommendedDisplayCIELabValue" in kidney  # a default colour when none is given
+    rgb = hd.color.CIELabColor.from_dicom_value(sphere.RecommendedDisplayCIELabValue).to_rgb()
+    assert np.abs(np.array(rgb, dtype=int) - (230, 159, 0)).max() <= 2
+    assert "RecommendedDisplayCIELabValue" in box  # a default colour when none is given
 
     source = case.sources[0]
     assert seg.SeriesDescription == "AI: Abdomen nnU-Net (ct-abdomen)"
@@ -194,7 +195,7 @@ def test_uids_are_deterministic_per_rule_and_kind(axial_case: Case) -> None:
     )
     expected = result_uids(case.provenance, case.sources[0].SeriesInstanceUID, OutputKind.SEG)
     assert first.SOPInstanceUID == expected.instance_uid
-    other_rule = Provenance(**{**case.provenance.__dict__, "rule": "ct-liver-only"})
+    other_rule = Provenance(**{**case.provenance.__dict__, "rule": "ct-spheres-only"})
     other = write_seg(case.truth, case.sources, case.labels, other_rule)
     assert other.SeriesInstanceUID != first.SeriesInstanceUID
     assert other.SOPInstanceUID != first.SOPInstanceUID
@@ -220,7 +221,10 @@ def test_long_names_fit_dicom_limits(axial_case: Case) -> None:
 
 
 def test_non_consecutive_label_values(tmp_path: Path) -> None:
-    case = make_case(tmp_path / "src", Geometry(shape=(12, 32, 32)), seed=1)
+    # 1.5 mm pixels: room for a sphere and a box on this small grid
+    case = make_case(
+        tmp_path / "src", Geometry(shape=(12, 32, 32), spacing=(2.5, 1.5, 1.5)), seed=1
+    )
     truth = np.where(case.truth == 1, 7, np.where(case.truth == 2, 3, 0)).astype(np.uint16)
     labels = [
         LabelSpec(

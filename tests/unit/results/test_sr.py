@@ -77,7 +77,7 @@ def test_sr_volumes_and_references(oblique_case: Case, tmp_path: Path, kind: Out
 
 def test_sr_refuses_a_seg_from_other_labels(axial_case: Case) -> None:
     case = axial_case
-    only_kidney = np.where(case.truth == 2, 2, 0).astype(np.uint8)
-    seg = write_seg(only_kidney, case.sources, case.labels, case.provenance)
+    only_box = np.where(case.truth == 2, 2, 0).astype(np.uint8)
+    seg = write_seg(only_box, case.sources, case.labels, case.provenance)
     with pytest.raises(ResultInputError, match="not written from this label map"):
         write_sr(seg, case.truth, case.sources, case.labels, case.provenance)

@@ -34,8 +34,8 @@ def test_same_inputs_same_uid_and_valid() -> None:
     ("field", "value"),
     [
         ("source_series_uid", "1.2.826.0.1.3680043.8.498.2"),
-        ("rule", "ct-liver"),
-        ("pipeline", "liver"),
+        ("rule", "ct-spheres"),
+        ("pipeline", "spheres"),
         ("model_version", "1.2.1"),
         ("kind", OutputKind.RTSTRUCT),
         ("role", UidRole.SERIES),

@@ -34,4 +34,6 @@ def holds(when: str, facts: Mapping[str, object]) -> bool:
     return one_rule(when).evaluate(facts)[0].run
 
 
-DESTINATIONS = KnownDestinations(dicom=frozenset({"PACS"}), dicomweb=frozenset({"archive"}))
+DESTINATIONS = KnownDestinations(
+    dicom=frozenset({"PACS"}), dicomweb=frozenset({"archive"}), webhooks=frozenset({"ris"})
+)

@@ -231,6 +231,89 @@ def test_malformed_destination() -> None:
     assert "dicomweb:" in error.message
 
 
+@pytest.mark.parametrize(
+    ("notify", "field", "words"),
+    [
+        ("notify: [other]", "rules[0].notify[0].webhook", "no webhook named 'other'"),
+        ("notify: [other]", "rules[0].notify[0].webhook", "(webhooks: ris)"),
+        ("notify: ris", "rules[0].notify", "valid list"),
+        ("notify: [5]", "rules[0].notify[0]", "a webhook name from the node's settings"),
+        ("notify: [{events: [done]}]", "rules[0].notify[0].webhook", "required field 'webhook'"),
+        (
+            "notify: [{webhook: ris, event: [done]}]",
+            "rules[0].notify[0].event",
+            "unknown field 'event'; allowed: webhook, events",
+        ),
+        (
+            "notify: [{webhook: ris, events: [finished]}]",
+            "rules[0].notify[0].events[0]",
+            "'queued', 'running', 'done', 'failed' or 'cancelled' (got 'finished')",
+        ),
+        ("notify: [{webhook: ris, events: []}]", "rules[0].notify[0].events", "at least 1"),
+        (
+            "notify: [{webhook: ris, events: [done, done]}]",
+            "rules[0].notify[0].events[1]",
+            "event done is listed twice",
+        ),
+        ("notify: [ris, {webhook: ris}]", "rules[0].notify[1].webhook", "listed twice"),
+        ("notify: [{webhook: ris, secret: abc}]", "rules[0].notify[0].secret", "unknown field"),
+    ],
+)
+def test_notify_mistakes(notify: str, field: str, words: str) -> None:
+    text = rules_text(
+        f"""\
+        - name: ct
+          when: {{Modality: CT}}
+          pipeline: demo
+          {notify}  # <-
+        """
+    )
+    error = error_of(text, destinations=DESTINATIONS)
+    assert (error.line, error.field) == (marked_line(text), field)
+    assert words in error.message
+    assert error.problems[0].rule == "ct"
+
+
+def test_an_ignore_rule_cannot_notify() -> None:
+    text = rules_text(
+        """\
+        - name: skip
+          action: ignore
+          when: {Modality: SC}
+          notify: [ris]  # <-
+        """
+    )
+    error = error_of(text, destinations=DESTINATIONS)
+    assert (error.line, error.field) == (marked_line(text), "rules[0].notify")
+    assert "remove `notify:`" in error.message
+
+
+def test_notify_names_webhooks_and_events() -> None:
+    text = rules_text(
+        """\
+        - name: ct
+          when: {Modality: CT}
+          pipeline: demo
+          notify:
+            - ris
+        - name: mr
+          when: {Modality: MR}
+          pipeline: demo
+          notify: [{webhook: ris, events: [failed, done]}]
+        """
+    )
+    ct, mr = parse_rules(text, destinations=DESTINATIONS).rules
+    assert [(n.webhook, [e.value for e in n.events]) for n in ct.notify] == [
+        ("ris", ["queued", "running", "done", "failed", "cancelled"])
+    ]
+    assert [(n.webhook, [e.value for e in n.events]) for n in mr.notify] == [
+        ("ris", ["failed", "done"])
+    ]
+    # Without the node's settings (e.g. a CLI check of the file alone) names are not checked.
+    unchecked = parse_rules(text.replace("- ris", "- elsewhere")).rules[0]
+    assert unchecked.notify[0].webhook == "elsewhere"
+
+
 def test_unknown_attribute_keyword_suggests_the_right_one() -> None:
     text = rules_text(
         """\

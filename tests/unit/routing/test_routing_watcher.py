@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from routing_helpers import rules_text
+import pytest
+from routing_helpers import DESTINATIONS, rules_text
 
-from ainode.routing import RULES_UNAVAILABLE, RulesWatcher
+from ainode.routing import RULES_UNAVAILABLE, RulesError, RulesWatcher
 
 CT_RULE = "- name: ct\n  when: {Modality: CT}\n  pipeline: demo\n"
 MR_RULE = "- name: mr\n  when: {Modality: MR}\n  pipeline: demo\n"
@@ -106,3 +107,23 @@ def test_deleted_file_keeps_the_rules(tmp_path: Path) -> None:
     write(path, rules_text(CT_RULE), 2)  # restored as it was
     assert not watcher.check()  # same rules: nothing new to load ...
     assert watcher.error is None  # ... and the file matches the rules in force again
+
+
+def test_validate_checks_text_with_the_nodes_knowledge_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "routing-rules.yaml"
+    write(path, rules_text(CT_RULE), 1)
+    watcher = RulesWatcher(path, known_pipelines={"demo"}, destinations=DESTINATIONS)
+    before = watcher.status()
+    checked = watcher.validate(rules_text(MR_RULE + "  notify: [ris]\n"))
+    assert [rule.name for rule in checked.rules] == ["mr"]
+    with pytest.raises(RulesError) as refused:
+        watcher.validate(rules_text(MR_RULE.replace("demo", "other") + "  notify: [pager]\n"))
+    assert [(p.line, p.field) for p in refused.value.problems] == [
+        (6, "rules[0].pipeline"),
+        (7, "rules[0].notify[0].webhook"),
+    ]
+    assert str(refused.value).startswith("<request body>: 2 problems")
+    assert watcher.status() == before and watcher.error is None
+    assert decided_by(watcher, "CT") == "ct" and decided_by(watcher, "MR") == "no-rule-matched"

@@ -32,7 +32,7 @@ class ParamsError(InferenceError, ValueError):
 
 
 class GpuMemoryError(InferenceError):
-    """Not enough free GPU memory for the model now; retrying later may work."""
+    """The GPU still lacked the model's free memory after ``gpu_memory_wait_s`` of waiting."""
 
 
 class RemoteServiceError(InferenceError):

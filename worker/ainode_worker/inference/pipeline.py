@@ -2,17 +2,21 @@
 
 Parameters: a job's ``params`` override the model's registry defaults; for a cascade they apply
 to its last stage (whose output is the result) and ``params["stages"][i]`` to stage ``i``.
-Models are loaded once per worker process (:class:`BackendCache`).
+Models are loaded once per worker process and dropped after ``model_cache_ttl_s`` unused
+(:class:`BackendCache`); a job's models run on the GPU when there is one, holding its job slot
+(:mod:`.device`).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,9 +36,10 @@ from ainode.registry import (
     Registry,
     StageSpec,
 )
+from ainode.settings import Settings
 from ainode_worker.inference.backend import Backend, create_backend
 from ainode_worker.inference.cascade import bounding_box, keep_overlapping, paste, selected
-from ainode_worker.inference.device import select_device
+from ainode_worker.inference.device import DevicePolicy
 from ainode_worker.inference.errors import InputMismatchError, ParamsError, WeightsMissingError
 from ainode_worker.inference.postprocess import postprocess
 from ainode_worker.inference.prediction import Prediction, label_dtype
@@ -56,43 +61,151 @@ class PipelineResult:
     stage_versions: dict[str, str] = field(default_factory=dict)
 
 
-class BackendCache:
-    """Loaded backends, keyed by everything that changes what is loaded."""
+@dataclass(eq=False)
+class _Entry:
+    backend: Backend
+    model: str
+    device: torch.device
+    last_used: float
+    users: int = 0
 
-    def __init__(self, data_dir: Path) -> None:
+
+class BackendCache:
+    """Loaded backends, keyed by everything that changes what is loaded.
+
+    A model stays loaded between jobs; one unused for ``ttl_s`` seconds is dropped (its GPU
+    memory given back), checked on every use and, once a model is loaded, by a background
+    sweep (``sweep=False``: on use only). ``devices`` says where models run and waits for GPU
+    memory before a load.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        ttl_s: float | None = None,
+        devices: DevicePolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sweep: bool = True,
+    ) -> None:
         self.data_dir = data_dir
-        self._backends: dict[str, Backend] = {}
+        self.ttl_s = ttl_s
+        self._sweep = sweep
+        self.devices = devices or DevicePolicy()
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+
+    @contextmanager
+    def use(self, spec: ModelSpec, device: torch.device) -> Iterator[tuple[Backend, bool]]:
+        """(backend, whether it was loaded now), not evicted while the block runs."""
+        key = _cache_key(spec, device)
+        with self._lock:
+            self._evict_expired_locked()
+            entry = self._entries.get(key)
+            loaded = entry is None
+            if entry is None:
+                if device.type == "cuda":
+                    self.devices.wait_for_memory(spec.min_gpu_memory_mb, spec.id)
+                backend = create_backend(spec.kind, self.data_dir)
+                backend.load(spec, device)
+                entry = _Entry(backend, spec.id, device, self._clock())
+                self._entries[key] = entry
+                self._start_sweeper()
+            entry.users += 1
+        try:
+            yield entry.backend, loaded
+        finally:
+            with self._lock:
+                entry.users -= 1
+                entry.last_used = self._clock()
 
     def get(self, spec: ModelSpec, device: torch.device) -> tuple[Backend, bool]:
-        """(backend, whether it was loaded now)."""
-        load_relevant = spec.model_dump(mode="json", exclude={"defaults", "description", "name"})
-        load_relevant["defaults"] = spec.defaults.model_dump(
-            mode="json", include={"folds", "checkpoint_name"}
-        )
-        key = hashlib.sha256(
-            json.dumps([load_relevant, str(device)], sort_keys=True).encode()
-        ).hexdigest()
+        """(backend, whether it was loaded now); its idle time counts from now."""
+        with self.use(spec, device) as used:
+            return used
+
+    def loaded(self) -> list[tuple[str, torch.device]]:
+        """(model id, device) of each loaded backend."""
         with self._lock:
-            backend = self._backends.get(key)
-            if backend is not None:
-                return backend, False
-            backend = create_backend(spec.kind, self.data_dir)
-            backend.load(spec, device)
-            self._backends[key] = backend
-            return backend, True
+            return [(e.model, e.device) for e in self._entries.values()]
+
+    def evict_expired(self) -> list[str]:
+        """Drop the backends idle for longer than ``ttl_s``; the ids of the models dropped."""
+        with self._lock:
+            return self._evict_expired_locked()
 
     def clear(self) -> None:
         with self._lock:
-            self._backends.clear()
+            self._entries.clear()
+        _release_gpu_memory()
+
+    def _evict_expired_locked(self) -> list[str]:
+        if self.ttl_s is None:
+            return []
+        now = self._clock()
+        expired = [
+            key
+            for key, entry in self._entries.items()
+            if entry.users == 0 and now - entry.last_used > self.ttl_s
+        ]
+        models = [self._entries.pop(key).model for key in expired]
+        if models:
+            log.info("unloaded model(s) %s after %g s unused", ", ".join(models), self.ttl_s)
+            _release_gpu_memory()
+        return models
+
+    def _start_sweeper(self) -> None:
+        """Evict while the worker is idle too (not only when the next job comes)."""
+        if self.ttl_s is None or not self._sweep or self._sweeper is not None:
+            return
+        interval = min(60.0, max(0.05, self.ttl_s / 2))
+
+        def sweep() -> None:
+            while True:
+                time.sleep(interval)
+                self.evict_expired()
+
+        self._sweeper = threading.Thread(target=sweep, name="model-cache-ttl", daemon=True)
+        self._sweeper.start()
+
+
+def _cache_key(spec: ModelSpec, device: torch.device) -> str:
+    load_relevant = spec.model_dump(mode="json", exclude={"defaults", "description", "name"})
+    load_relevant["defaults"] = spec.defaults.model_dump(
+        mode="json", include={"folds", "checkpoint_name"}
+    )
+    return hashlib.sha256(
+        json.dumps([load_relevant, str(device)], sort_keys=True).encode()
+    ).hexdigest()
+
+
+def _release_gpu_memory() -> None:
+    gc.collect()  # backends hold reference cycles (nnU-Net's predictor)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @lru_cache(maxsize=1)
 def default_cache() -> BackendCache:
-    """The worker process's cache (its data dir from the node's settings)."""
+    """The worker process's cache, configured by the node's settings."""
     from ainode.settings import load_settings
 
-    return BackendCache(load_settings().data_dir)
+    return cache_from_settings(load_settings())
+
+
+def cache_from_settings(settings: Settings) -> BackendCache:
+    """A cache with the settings' model time-to-live and GPU rules."""
+    return BackendCache(
+        settings.data_dir,
+        ttl_s=settings.model_cache_ttl_s or None,
+        devices=DevicePolicy(
+            memory_wait_s=settings.gpu_memory_wait_s,
+            jobs_per_gpu=settings.gpu_jobs_per_device,
+            lock_dir=settings.data_dir / "locks",
+        ),
+    )
 
 
 def run_pipeline(
@@ -118,20 +231,25 @@ def run_pipeline(
     versions: dict[str, str] = {}
     previous: Prediction | None = None
     final_params = InferenceParams()
-    for index, stage in enumerate(stages):
-        spec = registry.get(stage.model)
-        try:
-            stage_params = spec.defaults.merged(stage.params).merged(overrides[index])
-        except ValidationError as error:
-            raise ParamsError(
-                f"invalid parameters for stage {index} ({spec.id}): {error}"
-            ) from error
-        prefix = f"stage{index}.{spec.id}"
-        previous = _run_stage(
-            registry, spec, stage, stage_params, grid, previous, cache, timings, prefix
-        )
-        versions[spec.id] = spec.version
-        final_params = stage_params
+    device = cache.devices.device()
+    clock = time.perf_counter()
+    with cache.devices.gpu_slot(device):
+        if device.type == "cuda":
+            timings["gpu_wait_s"] = time.perf_counter() - clock
+        for index, stage in enumerate(stages):
+            spec = registry.get(stage.model)
+            try:
+                stage_params = spec.defaults.merged(stage.params).merged(overrides[index])
+            except ValidationError as error:
+                raise ParamsError(
+                    f"invalid parameters for stage {index} ({spec.id}): {error}"
+                ) from error
+            prefix = f"stage{index}.{spec.id}"
+            previous = _run_stage(
+                registry, spec, stage, stage_params, grid, previous, cache, device, timings, prefix
+            )
+            versions[spec.id] = spec.version
+            final_params = stage_params
     assert previous is not None
     kept = set(final_params.classes) if final_params.classes is not None else None
     label_specs = [
@@ -176,6 +294,7 @@ def _run_stage(
     grid: Mapping[str, Volume],
     previous: Prediction | None,
     cache: BackendCache,
+    device: torch.device,
     timings: dict[str, float],
     prefix: str,
 ) -> Prediction:
@@ -199,10 +318,29 @@ def _run_stage(
     if weights is not None and not weights.exists() and spec.kind is not ModelKind.BIOMEDPARSE:
         raise WeightsMissingError(f"weights of {spec.id} not found: {weights}")
     clock = time.perf_counter()
-    backend, loaded = cache.get(resolved, select_device(spec.min_gpu_memory_mb))
-    if loaded:
-        timings[f"{prefix}.load_s"] = time.perf_counter() - clock
+    with cache.use(resolved, device) as (backend, loaded):
+        if loaded:
+            timings[f"{prefix}.load_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        prediction = _predict(backend, stage, params, channels, previous, spec, prefix)
+    timings[f"{prefix}.predict_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    labels = postprocess(prediction.labels, prediction.probabilities, params, main.spacing)
+    timings[f"{prefix}.postprocess_s"] = time.perf_counter() - clock
+    return Prediction(labels=labels, probabilities=prediction.probabilities)
+
+
+def _predict(
+    backend: Backend,
+    stage: StageSpec,
+    params: InferenceParams,
+    channels: Sequence[Volume],
+    previous: Prediction | None,
+    spec: ModelSpec,
+    prefix: str,
+) -> Prediction:
+    """One stage's prediction, linked to the previous stage's output as the stage says."""
+    main = channels[0]
     link = stage.from_previous
     mask = selected(previous.labels, link.labels) if link and previous is not None else None
     if link is None or mask is None:
@@ -224,11 +362,7 @@ def _run_stage(
             labels=keep_overlapping(prediction.labels, mask, link.min_overlap),
             probabilities=prediction.probabilities,
         )
-    timings[f"{prefix}.predict_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    labels = postprocess(prediction.labels, prediction.probabilities, params, main.spacing)
-    timings[f"{prefix}.postprocess_s"] = time.perf_counter() - clock
-    return Prediction(labels=labels, probabilities=prediction.probabilities)
+    return prediction
 
 
 def _empty(spec: ModelSpec, shape: tuple[int, int, int], probabilities: bool) -> Prediction:

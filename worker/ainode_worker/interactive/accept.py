@@ -1,9 +1,11 @@
 """An accepted interactive mask as a DICOM-SEG that references the source series.
 
 The SEG is built by the node's SEG writer (:func:`ainode_worker.results.write_seg`, BINARY,
-empty frames omitted). Its UIDs are derived from the session and a digest of the mask: the
-same mask accepted twice (a retried request) gives the same SOP Instance UID, so Orthanc keeps
-one copy, while every different mask becomes a new object.
+empty frames omitted), with SegmentAlgorithmType SEMIAUTOMATIC: a user steered the mask, and
+readers tell such results apart from the node's AUTOMATIC ones by it. Its UIDs are derived
+from the session and a digest of the mask: the same mask accepted twice (a retried request)
+gives the same SOP Instance UID, so Orthanc keeps one copy, while every different mask becomes
+a new object.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import logging
 from collections.abc import Sequence
 
+import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset, dcmwrite
@@ -46,7 +49,13 @@ def build_accepted_seg(
     )
     spec = LabelSpec(value=1, name=label.name, category=label.category, type=label.type)
     try:
-        return write_seg(mask.astype(np.uint8), datasets, [spec], provenance)
+        return write_seg(
+            mask.astype(np.uint8),
+            datasets,
+            [spec],
+            provenance,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+        )
     except EmptyResultError as error:
         raise NothingToAcceptError("the mask is empty; there is nothing to store") from error
 

@@ -29,8 +29,8 @@ Endpoints (JSON unless said otherwise; errors are ``{"error": message, "type": c
     The subset of MONAI Label's API that its viewer clients use (see :mod:`.monailabel`).
 
 Status codes: 400 malformed request or prompts outside the volume, 404 unknown model, series
-or session, 409 nothing to accept, 422 invalid JSON fields or a series that is no volume,
-502 Orthanc failed, 503 model unavailable or the service busy.
+or session, 409 nothing to accept, 413 a body over ``max_body_bytes``, 422 invalid JSON fields
+or a series that is no volume, 502 Orthanc failed, 503 model unavailable or the service busy.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -136,10 +137,74 @@ def create_app(
 
     app = FastAPI(title=config.name, lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     _install_error_handlers(app)
     _add_routes(app, service)
     app.include_router(monailabel_router(service), prefix="/monailabel")
     return app
+
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app sees them.
+
+    A declared Content-Length is checked up front; a chunked body is read (at most
+    ``max_bytes`` of it) and counted here, then handed on, so no handler can turn the refusal
+    into another error.
+    """
+
+    def __init__(
+        self, app: Callable[[Message, Receive, Send], Awaitable[None]], *, max_bytes: int
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "error": f"the request body is larger than {self.max_bytes} bytes",
+                "type": "BadRequestError",
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _sweep(service: InteractiveService, interval_s: float) -> None:
@@ -208,7 +273,7 @@ def _add_routes(app: FastAPI, service: InteractiveService) -> None:
             "shape": list(result.mask.shape),
             "voxels": result.voxels,
             "timings": result.timings.rounded(),
-            "mask": encode_mask(result.mask),
+            "mask": encode_mask(result.mask, result.bounds),
         }
 
     @app.post("/sessions/{session_id}/reset")
@@ -230,8 +295,8 @@ def _add_routes(app: FastAPI, service: InteractiveService) -> None:
         return {
             "session": result.session,
             "series_uid": result.series_uid,
-            "voxels": int(result.mask.sum()),
-            "mask": encode_mask(result.mask),
+            "voxels": int(np.count_nonzero(result.mask)),
+            "mask": encode_mask(result.mask, result.bounds),
             "seg": {
                 "series_instance_uid": str(result.seg.SeriesInstanceUID),
                 "sop_instance_uid": str(result.seg.SOPInstanceUID),

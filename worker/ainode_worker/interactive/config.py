@@ -56,6 +56,12 @@ class RegionGrowModel(_Strict):
     stats_radius_mm: float = Field(default=4.0, gt=0.0)
     tolerance_sd: float = Field(default=2.5, gt=0.0)
     band_voxels: int = Field(default=3, ge=1)
+    window_mm: float = Field(
+        default=40.0, gt=0.0, description="half-size of the first window a click grows in"
+    )
+    max_fraction: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="larger regions are refused (background click)"
+    )
 
 
 class Sam2Model(_Strict):
@@ -111,6 +117,9 @@ class InteractiveConfig(_Strict):
     sweep_interval_s: float = Field(default=30.0, gt=0.0)
     max_concurrent: int = Field(default=2, ge=1, description="segmentations computed at once")
     wait_timeout_s: float = Field(default=120.0, gt=0.0, description="longest wait for a slot")
+    max_body_bytes: int = Field(
+        default=1 << 20, gt=0, description="larger request bodies are refused (413)"
+    )
     gpu_min_free_bytes: int = Field(
         default=2 * GiB, ge=0, description="keep slice embeddings on the GPU while this stays free"
     )

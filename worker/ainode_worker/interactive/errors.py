@@ -20,6 +20,10 @@ class PromptOutsideVolumeError(BadRequestError):
     """A click or box lies outside the series' voxel grid."""
 
 
+class RegionTooLargeError(BadRequestError):
+    """A click grows over most of the series: it was on the background, not a structure."""
+
+
 class UnknownModelError(InteractiveError, LookupError):
     """The request names a model this service does not offer."""
 

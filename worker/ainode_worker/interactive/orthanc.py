@@ -1,21 +1,22 @@
 """Orthanc over its REST API: find a series, fetch its instances, store a result.
 
 The interactive service runs beside (not inside) Orthanc, so it talks HTTP like any client.
-A series may be named by Orthanc id or by SeriesInstanceUID (``/tools/lookup``). Instances are
-fetched in parallel because a 300-slice CT is 300 round trips.
+A series may be named by Orthanc id or by SeriesInstanceUID (``/tools/lookup``). A series'
+instances come in one WADO-RS answer because a 300-slice CT would otherwise be 300 round trips.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pydicom
 import requests
+from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from requests.adapters import HTTPAdapter
@@ -26,6 +27,11 @@ from .errors import SeriesNotFoundError, UpstreamError, VolumeUnusableError
 from .volumes import ORTHANC_ID, volume_from_datasets
 
 log = logging.getLogger(__name__)
+
+DICOMWEB_ROOT = "/dicom-web"  # "DicomWeb.Root" in orthanc/orthanc.json
+_AS_STORED = (("application/dicom", "*"),)  # every instance in the transfer syntax it has
+# A DICOM UID (PS3.5 9.1): it goes into a URL path, so nothing else may ("../..").
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,46 @@ class OrthancClient:
             raise VolumeUnusableError(f"instance {instance_id} is not valid DICOM") from error
 
     def series_datasets(self, series_id: str) -> list[Dataset]:
-        ids = self.instance_ids(series_id)
-        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            return list(pool.map(self.instance_dataset, ids))
+        """Every instance of the series, as stored, in one WADO-RS request.
+
+        One round trip instead of one per instance: 3x faster for a 128-slice series
+        (bench/bench_inference.py). ``transfer-syntax=*`` keeps the stored encoding; without
+        it the DICOMweb plugin transcodes, and fails on syntaxes it cannot decode (JPEG 2000).
+        """
+        info = self._request(
+            "GET", f"/series/{series_id}", missing=f"no series with Orthanc id {series_id}"
+        ).json()
+        study = self._request(
+            "GET", f"/studies/{info['ParentStudy']}", missing=f"series {series_id} lost its study"
+        ).json()
+        study_uid = str(study["MainDicomTags"].get("StudyInstanceUID", ""))
+        series_uid = str(info["MainDicomTags"].get("SeriesInstanceUID", ""))
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
+            if len(uid) > 64 or not _UID.fullmatch(uid):
+                raise VolumeUnusableError(
+                    f"series {series_id} has an invalid {name} (a DICOM UID is digits and dots, "
+                    "at most 64 characters)"
+                )
+        wado = DICOMwebClient(
+            url=f"{self.base_url}{DICOMWEB_ROOT}", session=self._http, timeout=self.timeout_s
+        )
+        try:
+            return wado.retrieve_series(study_uid, series_uid, media_types=_AS_STORED)
+        except requests.HTTPError as error:
+            status = error.response.status_code if error.response is not None else None
+            if status == 404:
+                raise SeriesNotFoundError(f"series {series_id} vanished") from error
+            raise UpstreamError(
+                f"Orthanc answered HTTP {status} to WADO-RS of series {series_id}"
+            ) from error
+        except requests.RequestException as error:
+            raise UpstreamError(
+                f"Orthanc at {self.base_url} does not answer ({type(error).__name__})"
+            ) from error
+        except (InvalidDicomError, ValueError) as error:
+            raise VolumeUnusableError(
+                f"series {series_id}: an instance is not valid DICOM ({error})"
+            ) from error
 
     def store(self, dicom_bytes: bytes) -> StoredInstance:
         answer = self._request(

@@ -16,6 +16,42 @@ import numpy.typing as npt
 from .errors import BadRequestError, PromptOutsideVolumeError
 
 Mask = npt.NDArray[np.uint8]
+# Where a mask may be nonzero: per axis (slice, row, column) a slice of the full grid. Lets
+# every step after a backend (voxel count, encoding, the next click) skip the empty rest of a
+# 512x512x300 grid; an empty mask has empty slices.
+Bounds = tuple[slice, slice, slice]
+EMPTY_BOUNDS: Bounds = (slice(0, 0), slice(0, 0), slice(0, 0))
+
+
+def mask_bounds(mask: Mask) -> Bounds:
+    """The smallest box holding every nonzero voxel of ``mask``."""
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    if slices.size == 0:
+        return EMPTY_BOUNDS
+    slab = mask[slices[0] : slices[-1] + 1]  # later passes only look at the occupied slices
+    rows = np.flatnonzero(slab.any(axis=(0, 2)))
+    columns = np.flatnonzero(slab[:, rows[0] : rows[-1] + 1].any(axis=(0, 1)))
+    return (
+        slice(int(slices[0]), int(slices[-1]) + 1),
+        slice(int(rows[0]), int(rows[-1]) + 1),
+        slice(int(columns[0]), int(columns[-1]) + 1),
+    )
+
+
+def tight_bounds(mask: Mask, within: Bounds) -> Bounds:
+    """:func:`mask_bounds` of ``mask``, looking only inside ``within`` (known to hold it all)."""
+    local = mask_bounds(mask[within])
+    if local == EMPTY_BOUNDS:
+        return EMPTY_BOUNDS
+    return (
+        slice(within[0].start + local[0].start, within[0].start + local[0].stop),
+        slice(within[1].start + local[1].start, within[1].start + local[1].stop),
+        slice(within[2].start + local[2].start, within[2].start + local[2].stop),
+    )
+
+
+def voxel_count(mask: Mask, bounds: Bounds) -> int:
+    return int(np.count_nonzero(mask[bounds]))
 
 
 @dataclass(frozen=True)
@@ -58,6 +94,7 @@ class Prompts:
     points: tuple[Point, ...] = ()
     boxes: tuple[Box, ...] = ()
     previous_mask: Mask | None = None
+    previous_bounds: Bounds | None = None  # of ``previous_mask``, when known
 
     @property
     def positives(self) -> tuple[Point, ...]:

@@ -32,7 +32,7 @@ from .errors import (
     UnknownModelError,
 )
 from .orthanc import OrthancClient, StoredInstance
-from .prompts import Box, Mask, Point, Prompts
+from .prompts import Bounds, Box, Mask, Point, Prompts, mask_bounds, voxel_count
 from .sessions import Clock, Session, SessionStore
 from .volumes import VolumeLoader
 
@@ -54,7 +54,11 @@ class Timings:
     compute_finished_s: float = 0.0
 
     def rounded(self) -> dict[str, float | int]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        """To 1 us (``*_ms`` to 3 decimals, ``*_s`` clock readings to 6): clicks can be < 1 ms."""
+        return {
+            k: round(v, 6 if k.endswith("_s") else 3) if isinstance(v, float) else v
+            for k, v in self.__dict__.items()
+        }
 
 
 @dataclass
@@ -65,10 +69,11 @@ class SegmentResult:
     mask: Mask
     volume: Volume
     timings: Timings
+    bounds: Bounds  # where ``mask`` is nonzero: later steps skip the empty rest of the grid
 
     @property
     def voxels(self) -> int:
-        return int(self.mask.sum())
+        return voxel_count(self.mask, self.bounds)
 
 
 @dataclass
@@ -78,6 +83,7 @@ class AcceptResult:
     mask: Mask
     seg: Dataset
     stored: StoredInstance | None
+    bounds: Bounds | None = None  # where ``mask`` is nonzero, when known
 
     def seg_bytes(self) -> bytes:
         return dicom_bytes(self.seg)
@@ -144,8 +150,13 @@ class InteractiveService:
         with self._locked(state):
             source, timings.load_ms = self._ensure_volume(state, series)
             view = state.view
-            previous = state.last_mask if use_previous_mask and state.last_model == model else None
-            prompts = Prompts(points=points, boxes=boxes, previous_mask=previous)
+            keep = use_previous_mask and state.last_model == model
+            prompts = Prompts(
+                points=points,
+                boxes=boxes,
+                previous_mask=state.last_mask if keep else None,
+                previous_bounds=state.last_bounds if keep else None,
+            )
             prompts.validate(source.shape)
             backend.ensure_ready()
             waited = time.perf_counter()
@@ -154,7 +165,9 @@ class InteractiveService:
                 timings.compute_started_s = time.monotonic()
                 outcome = backend.segment(view, prompts, state.cache(model))
                 timings.compute_finished_s = time.monotonic()
+            bounds = outcome.bounds if outcome.bounds is not None else mask_bounds(outcome.mask)
             state.last_mask = outcome.mask
+            state.last_bounds = bounds
             state.last_model = model
             state.requests += 1
             self.store.touch(state)
@@ -166,23 +179,27 @@ class InteractiveService:
         timings.slices_decoded = outcome.slices_decoded
         timings.decodes_reused = outcome.decodes_reused
         timings.total_ms = (time.perf_counter() - begin) * 1000.0
+        result = SegmentResult(
+            state.id, source.series_uid, model, outcome.mask, source, timings, bounds
+        )
         log.info(
             "segment %s session=%s voxels=%d load=%.0fms embed=%.0fms decode=%.0fms total=%.0fms",
             model,
             state.id,
-            int(outcome.mask.sum()),
+            result.voxels,
             timings.load_ms,
             timings.embed_ms,
             timings.decode_ms,
             timings.total_ms,
         )
-        return SegmentResult(state.id, source.series_uid, model, outcome.mask, source, timings)
+        return result
 
     def reset(self, session: str) -> dict[str, Any]:
         """Forget the session's mask (start a new object); keep its volume and features."""
         state = self.store.get(session)
         with self._locked(state):
             state.last_mask = None
+            state.last_bounds = None
             state.last_model = None
             self.store.touch(state)
         return {"session": state.id, "reset": True}
@@ -198,6 +215,7 @@ class InteractiveService:
                     f"session {state.id} holds no mask yet; segment first, then accept"
                 )
             mask = state.last_mask
+            bounds = state.last_bounds
             volume = state.volume
             model = state.last_model or "unknown"
             seg = build_accepted_seg(
@@ -215,7 +233,7 @@ class InteractiveService:
             log.info(
                 "accepted mask of session %s stored as Orthanc %s", state.id, stored.orthanc_id
             )
-        return AcceptResult(state.id, volume.series_uid, mask, seg, stored)
+        return AcceptResult(state.id, volume.series_uid, mask, seg, stored, bounds)
 
     def close_session(self, session: str) -> bool:
         return self.store.remove(session)

@@ -31,7 +31,7 @@ from ainode_worker.volume import Volume
 
 from .cache import FeatureCache
 from .errors import SessionNotFoundError
-from .prompts import Mask
+from .prompts import Bounds, Mask
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Session:
     volume: Volume | None = None
     caches: dict[str, FeatureCache] = field(default_factory=dict)
     last_mask: Mask | None = None
+    last_bounds: Bounds | None = None  # where last_mask is nonzero
     last_model: str | None = None
     requests: int = 0
     in_flight: int = 0
@@ -228,6 +229,7 @@ class SessionStore:
             session.caches.clear()
             session.volume = None
             session.last_mask = None
+            session.last_bounds = None
             return True
         finally:
             session.lock.release()

@@ -62,13 +62,15 @@ def write_seg(
     *,
     kind: OutputKind = OutputKind.SEG,
     probabilities: npt.NDArray[np.floating] | None = None,
+    algorithm_type: hd.seg.SegmentAlgorithmTypeValues = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
 ) -> hd.seg.Segmentation:
     """Build one DICOM-SEG instance (not yet written to disk).
 
     ``label_map`` is ``[slice, row, column]`` aligned with ``source_datasets`` (sorted along the
     slice normal). For ``SEG_FRACTIONAL``, ``probabilities`` is ``[class, slice, row, column]``
     in 0..1 where either channel ``c`` is label value ``c`` (channel 0, background, ignored) or
-    there is one channel per entry of ``labels``, in order. Raises :class:`EmptyResultError`
+    there is one channel per entry of ``labels``, in order. ``algorithm_type`` is SEMIAUTOMATIC
+    for masks a user steered (interactive segmentation). Raises :class:`EmptyResultError`
     when nothing would be written and :class:`ResultInputError` when inputs do not fit.
     """
     if kind not in SEG_KINDS:
@@ -88,7 +90,7 @@ def write_seg(
         source_images=source_headers(source_datasets),
         pixel_array=pixels,
         segmentation_type=_SEGMENTATION_TYPES[kind],
-        segment_descriptions=[_describe(s, provenance) for s in segments],
+        segment_descriptions=[_describe(s, provenance, algorithm_type) for s in segments],
         series_instance_uid=uids.series_uid,
         series_number=series_number(kind),
         sop_instance_uid=uids.instance_uid,
@@ -111,7 +113,11 @@ def write_seg(
     return seg
 
 
-def _describe(segment: Segment, provenance: Provenance) -> hd.seg.SegmentDescription:
+def _describe(
+    segment: Segment,
+    provenance: Provenance,
+    algorithm_type: hd.seg.SegmentAlgorithmTypeValues,
+) -> hd.seg.SegmentDescription:
     label = segment.label
     algorithm = hd.AlgorithmIdentificationSequence(
         name=truncate(provenance.model_name),
@@ -125,7 +131,7 @@ def _describe(segment: Segment, provenance: Provenance) -> hd.seg.SegmentDescrip
         segment_label=truncate(label.name),
         segmented_property_category=dicom_code(label.category),
         segmented_property_type=dicom_code(label.type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_type=algorithm_type,
         algorithm_identification=algorithm,
         anatomic_regions=[dicom_code(label.anatomic_region)] if label.anatomic_region else None,
         display_color=hd.color.CIELabColor.from_rgb(*segment.colour),

@@ -8,6 +8,7 @@ refused with a specific :class:`VolumeError` that says what is wrong, and nothin
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +40,7 @@ _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR"
 ORIENTATION_TOLERANCE = 1e-4  # difference of direction cosines
 SPACING_TOLERANCE = 0.05  # relative deviation of one slice gap from the median gap
 GAP_FACTOR = 1.5  # a gap this many times the median gap means missing slices
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def _slices_of(ds: Dataset) -> list[_Slice]:
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
         raise InconsistentSizeError("an image has no ImagePositionPatient/ImageOrientationPatient")
     spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
+    slope, intercept = _rescale(ds)
     return [
         _Slice(
             position=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient"),
@@ -124,8 +127,8 @@ def _slices_of(ds: Dataset) -> list[_Slice]:
             rows=int(ds.Rows),
             columns=int(ds.Columns),
             pixel_spacing=(float(spacing[0]), float(spacing[1])),
-            slope=float(getattr(ds, "RescaleSlope", 1) or 1),
-            intercept=float(getattr(ds, "RescaleIntercept", 0) or 0),
+            slope=slope,
+            intercept=intercept,
             pixels=partial(_decode, ds),
             dataset=ds,
         )
@@ -165,7 +168,7 @@ def _frames_of(ds: Dataset, frames: int) -> list[_Slice]:
             raise UnsupportedMultiFrameError(
                 f"frame {index + 1} lacks plane position, orientation or pixel measures"
             )
-        transform = group(index, "PixelValueTransformationSequence")
+        slope, intercept = _rescale(group(index, "PixelValueTransformationSequence"))
         spacing = _floats(measures.get("PixelSpacing"), 2, "PixelSpacing")
         out.append(
             _Slice(
@@ -176,13 +179,35 @@ def _frames_of(ds: Dataset, frames: int) -> list[_Slice]:
                 rows=int(ds.Rows),
                 columns=int(ds.Columns),
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
-                slope=float(getattr(transform, "RescaleSlope", 1) or 1),
-                intercept=float(getattr(transform, "RescaleIntercept", 0) or 0),
+                slope=slope,
+                intercept=intercept,
                 pixels=partial(frame_pixels, index),
                 dataset=ds,
             )
         )
     return out
+
+
+def _rescale(source: Dataset | None) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent or empty.
+
+    A zero, non-numeric or (for 32-bit floats) infinite value would silently turn every voxel
+    into one value or into NaN; such a series is refused instead.
+    """
+    values = []
+    for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        raw = getattr(source, name, None) if source is not None else None
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            values.append(default)
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError) as error:
+            raise PixelDataError(f"{name} is not a number") from error
+        if abs(value) > _FLOAT32_MAX or math.isnan(value) or (name == "RescaleSlope" and not value):
+            raise PixelDataError(f"{name} {value!r} cannot map stored values to CT numbers")
+        values.append(value)
+    return values[0], values[1]
 
 
 def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
@@ -203,6 +228,7 @@ def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
 
 def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
     first = slices[0]
+    _check_plane(first)  # the others are compared with it below
     for item in slices[1:]:
         if np.max(np.abs(item.orientation - first.orientation)) > ORIENTATION_TOLERANCE:
             raise MixedOrientationError(
@@ -247,11 +273,18 @@ def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
             "a regular grid is required"
         )
     _check_tilt(slices, normal, spacing, min(first.pixel_spacing))
+    # Decode one slice before allocating: a header may declare any size (65535 x 65535) over
+    # a few bytes of pixel data, and allocating that first kills the worker with MemoryError.
+    first_pixels = first.pixels()
     array = np.empty((len(slices), first.rows, first.columns), dtype=np.float32)
     for index, item in enumerate(slices):
-        pixels = item.pixels()
+        pixels = first_pixels if item is first else item.pixels()
         if pixels.shape != (first.rows, first.columns):
             raise PixelDataError(f"a frame decodes to {pixels.shape}, not Rows x Columns")
+        if pixels.size:
+            extreme = max(abs(float(pixels.min())), abs(float(pixels.max())))
+            if extreme * abs(item.slope) + abs(item.intercept) > _FLOAT32_MAX:
+                raise PixelDataError("rescaled pixel values exceed the range of 32-bit floats")
         array[index] = pixels.astype(np.float32) * np.float32(item.slope) + np.float32(
             item.intercept
         )
@@ -267,6 +300,20 @@ def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
         datasets=datasets,
         modality=str(getattr(images[0], "Modality", "")),
     )
+
+
+def _check_plane(item: _Slice) -> None:
+    """Refuse geometry no grid can be built on: spacing <= 0, orientation not two unit vectors
+    at right angles (both would pass every later check and give a nonsense volume)."""
+    if min(item.pixel_spacing) <= 0:
+        raise InconsistentSizeError(f"PixelSpacing must be positive, not {item.pixel_spacing} mm")
+    row, column = item.orientation[:3], item.orientation[3:]
+    norms = (float(np.linalg.norm(row)), float(np.linalg.norm(column)))
+    if max(abs(n - 1.0) for n in norms) > 0.01 or abs(float(np.dot(row, column))) > 0.01:
+        raise InconsistentSizeError(
+            "ImageOrientationPatient is not two orthogonal unit vectors: "
+            f"{[round(float(v), 4) for v in item.orientation]}"
+        )
 
 
 def _check_tilt(

@@ -23,6 +23,8 @@ def build_backend(name: str, config: ModelConfig, *, gpu_min_free_bytes: int) ->
             stats_radius_mm=config.stats_radius_mm,
             tolerance_sd=config.tolerance_sd,
             band_voxels=config.band_voxels,
+            window_mm=config.window_mm,
+            max_fraction=config.max_fraction,
         )
         return RegionGrowBackend(name, params)
     if isinstance(config, Sam2Model):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..cache import FeatureCache
-from ..prompts import Mask, Prompts
+from ..prompts import Bounds, Mask, Prompts
 from ..sessions import VolumeView
 
 
@@ -23,7 +23,8 @@ class SegmentOutcome:
     features_computed: int = 0
     features_reused: int = 0
     slices_decoded: int = 0  # decoder calls made
-    decodes_reused: int = 0  # decoder results taken from the cache
+    decodes_reused: int = 0  # decoder results (grown regions) taken from the cache
+    bounds: Bounds | None = None  # where ``mask`` may be nonzero, if the backend knows
 
 
 class Backend(Protocol):

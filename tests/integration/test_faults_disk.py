@@ -1,0 +1,152 @@
+"""The data directory's disk full: storing is refused clearly, reads go on, nothing is corrupted,
+and once space is free again every series ends with exactly one job, done.
+
+The data directory is a small tmpfs of the test's own, filled by a file of zeros until the
+kernel says ENOSPC: a real full disk for every part (Orthanc's storage and index, the job
+store, Redis's append-only file, the logs), not a mock. Mounting needs CAP_SYS_ADMIN (root in
+the test container); without it the test is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodeharness import ONNX_RULES, Node, start_node, wait_for, write_phantom, write_rules
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from ainode.phantoms import SeriesIds
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+TMPFS_SIZE = "160m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        logs = mount_point / "node" / "logs"
+        if logs.is_dir():  # keep them for a failure's post-mortem: the tmpfs goes
+            shutil.copytree(logs, tmp_path / "logs", dirs_exist_ok=True)
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+class Filler:
+    """Takes every free byte of a file system with one file, and gives them back."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "filler.bin"
+
+    def fill(self) -> None:
+        chunk = bytes(1 << 20)
+        with self.path.open("ab", buffering=0) as out:
+            for size in (1 << 20, 1 << 12, 1):
+                try:
+                    while True:
+                        out.write(chunk[:size])
+                except OSError as error:
+                    assert error.errno == errno.ENOSPC, error
+
+    def free(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def c_store_statuses(node: Node, paths: list[Path]) -> list[int | None]:
+    """Each file's C-STORE status (None: no answer)."""
+    ae = AE(ae_title="DISKFULL")
+    ae.add_requested_context(CTImageStorage)
+    association = ae.associate("127.0.0.1", node.settings.dicom_port, ae_title="AINODE")
+    assert association.is_established, "the node must still accept associations"
+    statuses: list[int | None] = []
+    try:
+        for path in paths:
+            answer = association.send_c_store(pydicom.dcmread(path))
+            statuses.append(int(answer.Status) if "Status" in answer else None)
+    finally:
+        if association.is_established:
+            association.release()
+    return statuses
+
+
+def assert_done_once(node: Node, ids: SeriesIds) -> None:
+    job = node.wait_for_run(ids.series_uid, timeout_s=90)
+    assert job["state"] == "done", job["error"]
+    assert len(node.runs(ids.series_uid)) == 1
+    assert len(node.study_series(ids.study_uid, "SEG")) == 1
+
+
+def test_full_data_disk_refuses_stores_keeps_serving_reads_and_recovers(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    rules = write_rules(tmp_path / "rules.yaml", ONNX_RULES)
+    node = start_node(
+        small_disk / "node",
+        routing_rules=rules,
+        change_sweep_s=2.0,  # decisions that could not be recorded are found again soon
+        dispatch_sweep_s=1.0,
+        interactive_enabled=False,
+    )
+    filler = Filler(small_disk)
+    try:
+        before, ids_before = write_phantom(tmp_path / "before", 12, seed=51)
+        node.storescu(before)
+        assert_done_once(node, ids_before)
+        pids = {name: node.pid(name) for name in ("redis", "orthanc", "worker")}
+        stored_before = node.count_instances()
+
+        # 1. Full: C-STORE is refused with a failure status, reads still answer.
+        filler.fill()
+        refused, _ = write_phantom(tmp_path / "refused", 12, seed=52)
+        statuses = c_store_statuses(node, refused)
+        assert all(s is not None and s != 0 for s in statuses), statuses
+        assert node.get("/ai/health").status_code == 200
+        assert node.get("/ai/jobs").status_code == 200
+        assert node.count_instances() == stored_before
+        assert node.get(f"/instances/{node.json('/instances')[0]}/file").status_code == 200
+
+        # 2. A series stored just before the disk fills: its decision, job and results
+        # must wait for space, not be lost or half written.
+        filler.free()
+        racing, ids_racing = write_phantom(tmp_path / "racing", 12, seed=53)
+        node.storescu(racing)
+        filler.fill()
+        wait_for(
+            lambda: node.get("/series").status_code == 200 and len(node.json("/series")) >= 3,
+            30,
+            0.5,
+            "the racing series to be in Orthanc",
+        )
+        time.sleep(6)  # the series becomes stable and is routed while the disk is full
+        assert node.get("/ai/health").status_code == 200
+        filler.free()
+
+        # 3. Space again: everything completes exactly once; nothing is corrupted.
+        assert_done_once(node, ids_racing)
+        after, ids_after = write_phantom(tmp_path / "after", 12, seed=54)
+        node.storescu(after)
+        assert_done_once(node, ids_after)
+        assert {name: node.pid(name) for name in pids} == pids, "a part died of the full disk"
+        with sqlite3.connect(small_disk / "node" / "ai-jobs.sqlite3") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        filler.free()
+        node.stop()
