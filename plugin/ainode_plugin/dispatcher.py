@@ -35,6 +35,7 @@ from ainode.jobs import JobRequest, JobState
 from ainode.routing import queue_name
 from ainode.settings import Settings
 from ainode_plugin.jobstore import JobStore
+from ainode_plugin.passloop import PassLoop
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,7 @@ class Dispatcher:
         self._send = send
         self._monotonic = monotonic
         self._lock = threading.Lock()  # one pass at a time, whoever calls
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._woken = threading.Event()
+        self._loop = PassLoop("ainode-dispatch", self._sweep_pass)
         self._last_pass: tuple[datetime, float] | None = None  # (wall, monotonic) of the last
         self.last_report: SweepReport | None = None
 
@@ -228,40 +227,22 @@ class Dispatcher:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._loop.running
 
     def start(self, interval_s: float = 5.0) -> None:
         """Sweep now, then every ``interval_s`` seconds, on a thread (from ORTHANC_STARTED)."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._loop, args=(interval_s,), name="ainode-dispatch", daemon=True
-        )
-        self._thread.start()
+        self._loop.start(interval_s)
 
-    def _loop(self, interval_s: float) -> None:
-        while not self._stopping.is_set():
-            self._woken.clear()  # a wake() during the pass runs one more pass right after it
-            try:
-                self.sweep()
-            except Exception:  # e.g. the disk is full: log, keep the loop, try again later
-                log.exception("dispatch pass failed; the next one is in %s s", interval_s)
-            self._woken.wait(interval_s)  # Event.wait runs on the monotonic clock
+    def _sweep_pass(self) -> None:
+        self.sweep()
 
     def wake(self) -> None:
         """Run a pass now on the dispatcher's thread (after recording a new job)."""
-        if self._thread is not None:
-            self._woken.set()
+        self._loop.wake()
 
     def stop(self, wait: bool = True) -> None:
         """Stop sweeping (from ORTHANC_STOPPED); pending jobs stay in the store."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stopping.set()
-            self._woken.set()
-            if wait:
-                thread.join(30)
+        self._loop.stop(30.0 if wait else 0.0)
 
 
 def celery_sender(app: Celery, task_name: str = RUN_JOB_TASK) -> SendJob:

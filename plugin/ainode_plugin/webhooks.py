@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from ainode.jobs import JobState
 from ainode.settings import Settings, Webhook
+from ainode_plugin.passloop import PassLoop
 
 if TYPE_CHECKING:
     from ainode_plugin.jobstore import Job, JobStore, Notification
@@ -247,9 +248,7 @@ class NotificationSender:
         self.batch_size = batch_size
         self._post = post
         self._lock = threading.Lock()  # one pass at a time
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PassLoop("ainode-webhooks", self._deliver_pass)
 
     def deliver_due(self) -> DeliveryReport:
         """Try each due notification once; a delivery lets the job's next one follow at once.
@@ -267,7 +266,7 @@ class NotificationSender:
             for _ in range(_MAX_ROUNDS):
                 progressed = False
                 for notification in self.store.due_notifications(now, limit=self.batch_size):
-                    if notification.webhook in down or self._stopping.is_set():
+                    if notification.webhook in down or self._loop.stopping:
                         continue
                     if notification.webhook not in self.webhooks:
                         reason = (
@@ -336,46 +335,24 @@ class NotificationSender:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._loop.running
 
     def start(self, interval_s: float = 2.0) -> None:
         """Deliver on a thread: when woken, when a retry falls due, and every ``interval_s``."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._run, args=(interval_s,), name="ainode-webhooks", daemon=True
-        )
-        self._thread.start()
+        self._loop.start(interval_s)
 
     def wake(self) -> None:
         """Deliver soon (the store calls this after writing a notification); never blocks."""
-        self._wake.set()
+        self._loop.wake()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop delivering; pending notifications stay in the store for the next start."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stopping.set()
-            self._wake.set()
-            thread.join(timeout_s)
+        self._loop.stop(timeout_s)
 
-    def _run(self, interval_s: float) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.deliver_due()
-                wait = self._until_next(interval_s)
-            except Exception:  # e.g. the store closed under us at shutdown
-                if self._stopping.is_set():
-                    return
-                log.exception("webhook delivery pass failed; trying again later")
-                wait = interval_s
-            self._wake.wait(wait)
-            self._wake.clear()
-
-    def _until_next(self, interval_s: float) -> float:
+    def _deliver_pass(self) -> float | None:
+        """Deliver what is due; seconds until the next retry falls due (None: nothing waits)."""
+        self.deliver_due()
         due = self.store.next_notification_at()
         if due is None:
-            return interval_s
-        seconds = (due - self.store.clock()).total_seconds()
-        return min(max(seconds, 0.05), interval_s)
+            return None
+        return max((due - self.store.clock()).total_seconds(), 0.05)
