@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -36,6 +36,9 @@ from ainode_worker.jobrunner import WorkerContext
 from ainode_worker.volume import Volume, volume_from_datasets
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from nodeharness import free_port
+
 from ainode.bench import record
 from ainode.node.supervisor import Supervisor
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, phantom_datasets
@@ -44,20 +47,6 @@ from ainode.settings import Settings
 PIPELINE = "demo-phantom"
 STEPS = ("fetch_s", "volume_s", "inference_s", "export_s", "store_s")
 GOAL = 1.15  # issue #4: the worker adds under 15% above the bare predictor
-
-
-_used_ports: set[int] = set()
-
-
-def free_port() -> int:
-    """A TCP port free now, never handed out twice in this process."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
