@@ -144,8 +144,8 @@ def scroll_to_middle_slice(page: Page, viewport: Locator, slices: int) -> None:
     """Wheel through the stack to its middle image: the phantom's objects lie inside the grid,
     not on its first or last slice, where OHIF opens."""
     wanted = f"({slices // 2 + 1}/{slices})"
-    box = viewport.bounding_box()
-    assert box is not None
+    # Opening a SEG re-renders the viewport: until it is laid out again it has no box.
+    box = wait_for(viewport.bounding_box, 30, 0.2, "the viewport to be laid out")
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
 
     def there() -> bool:
