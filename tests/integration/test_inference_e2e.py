@@ -135,10 +135,6 @@ def test_phantom_gets_a_done_job_with_a_seg_and_an_rtstruct(node: Node, good: Pu
     assert modalities == ["RTSTRUCT", "SEG"]
 
 
-# The demo model (scripts/build_demo_model.py) reaches Dice 0.94 / 0.95 on average over unseen
-# phantoms of the specification, but misses small objects of low contrast (about 120 HU, 6 mm):
-# on this phantom the sphere scores 0.89. Issue #4 stays open until a retrained model passes.
-@pytest.mark.xfail(strict=True, reason="demo model below Dice 0.90 on low-contrast objects (#4)")
 def test_seg_read_back_matches_the_truth_in_the_source_geometry(node: Node, good: Pushed) -> None:
     labels = seg_label_map(node, good)
     assert labels.shape == good.phantom.labels.shape

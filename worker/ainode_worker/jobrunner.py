@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from ainode.credentials import orthanc_auth
+from ainode.http import orthanc_session
 from ainode.jobs import JobRequest, JobState, JobUpdate, OutputKind
 from ainode.registry import Registry, RegistryError, UnknownModelError, load_registry
 from ainode.settings import Settings
@@ -29,7 +31,7 @@ from ainode_worker.inference.errors import InferenceError
 from ainode_worker.inference.pipeline import BackendCache, cache_from_settings, run_pipeline
 from ainode_worker.interactive.errors import InteractiveError, UpstreamError
 from ainode_worker.interactive.orthanc import OrthancClient
-from ainode_worker.results import EmptyResultError, Provenance, ResultInputError
+from ainode_worker.results import EmptyResultError, Provenance, ResultInputError, SourceSeries
 from ainode_worker.results.export import WrittenResult, export_results
 from ainode_worker.volume import Volume, VolumeError, volume_from_datasets
 
@@ -93,7 +95,7 @@ class JobReporter:
     """Sends the job's progress to the plugin, which owns the job record."""
 
     settings: Settings
-    session: requests.Session = field(default_factory=requests.Session)
+    session: requests.Session = field(default_factory=orthanc_session)
 
     def report(self, update: JobUpdate) -> ReportReceipt | None:
         """Deliver ``update``; the plugin's receipt, or None when the node refused it or could
@@ -201,10 +203,15 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
         volumes = {"main": _load_volume(ctx, request.series_id, steps)}
         for channel, series_id in request.extra_series.items():
             volumes[channel] = _load_volume(ctx, series_id, steps)
-        with _step(steps, "inference_s"):
-            result = run_pipeline(
-                ctx.registry, request.pipeline, volumes, request.params, cache=ctx.cache
-            )
+        # What the writers derive from the source slices does not depend on the result:
+        # derive it while the model runs (torch leaves the interpreter free meanwhile).
+        with ThreadPoolExecutor(1, thread_name_prefix="export-prep") as pool:
+            sources = pool.submit(SourceSeries(volumes["main"].datasets).prepare)
+            with _step(steps, "inference_s"):
+                result = run_pipeline(
+                    ctx.registry, request.pipeline, volumes, request.params, cache=ctx.cache
+                )
+            prepared = sources.result()
         detail["timings"] = result.timings
         provenance = Provenance(
             model_id=spec.id,
@@ -217,7 +224,7 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
             with _step(steps, "export_s"):
                 written = export_results(
                     result.labels,
-                    volumes["main"].datasets,
+                    prepared,
                     result.label_specs,
                     provenance,
                     request.outputs,

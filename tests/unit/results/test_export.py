@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from ainode_worker.results import EmptyResultError, export_results
+from ainode_worker.results import EmptyResultError, ResultInputError, SourceSeries, export_results
 
 from ainode.jobs import OutputKind
 
 from .cases import Case
 from .readers import dciodvfy_errors
 
+# What differs between two builds of the same result: creation times, and highdicom's random
+# dimension organisation UID.
+_PER_BUILD = (
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "SeriesDate",
+    "SeriesTime",
+    "ContentDate",
+    "ContentTime",
+    "StructureSetDate",
+    "StructureSetTime",
+    "ContributingEquipmentSequence",
+    "DimensionOrganizationSequence",
+    "DimensionIndexSequence",
+)
 ALL = [
     OutputKind.SEG,
     OutputKind.SEG_LABELMAP,
@@ -68,3 +84,34 @@ def test_empty_result_writes_nothing(axial_case: Case, tmp_path: Path) -> None:
             np.zeros_like(case.truth), case.sources, case.labels, case.provenance, ALL, folder
         )
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_prepared_sources_give_the_same_files(axial_case: Case, tmp_path: Path) -> None:
+    """The job runner derives headers and geometry while the model runs; the files must not
+    depend on whether that happened."""
+    case = axial_case
+    outputs = [OutputKind.SEG, OutputKind.RTSTRUCT, OutputKind.NIFTI]
+    plain = export_results(
+        case.truth, case.sources, case.labels, case.provenance, outputs, tmp_path / "plain"
+    )
+    sources = SourceSeries(case.sources).prepare()
+    prepared = export_results(
+        case.truth, sources, case.labels, case.provenance, outputs, tmp_path / "prepared"
+    )
+    for a, b in zip(plain, prepared, strict=True):
+        assert a.path.name == b.path.name
+        if a.is_dicom:
+            x, y = pydicom.dcmread(a.path), pydicom.dcmread(b.path)
+            for ds in (x, y):
+                for keyword in _PER_BUILD:
+                    ds.pop(keyword, None)
+            assert x == y
+        else:
+            assert a.path.read_bytes() == b.path.read_bytes()
+
+
+def test_preparing_sources_of_no_volume_fails_with_the_reason(axial_case: Case) -> None:
+    shifted = [copy.deepcopy(ds) for ds in axial_case.sources]
+    shifted[1].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    with pytest.raises(ResultInputError, match="one orientation"):
+        SourceSeries(shifted).prepare()

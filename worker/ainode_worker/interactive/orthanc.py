@@ -19,8 +19,8 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
-from requests.adapters import HTTPAdapter
 
+from ainode.http import orthanc_session
 from ainode_worker.volume import Volume
 
 from .errors import SeriesNotFoundError, UpstreamError, VolumeUnusableError
@@ -55,11 +55,7 @@ class OrthancClient:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.parallel = parallel
-        self._http = requests.Session()
-        self._http.auth = auth
-        adapter = HTTPAdapter(pool_connections=parallel, pool_maxsize=parallel * 2)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        self._http = orthanc_session(auth, pool_connections=parallel, pool_maxsize=parallel * 2)
 
     def resolve_series(self, series: str) -> str:
         """The Orthanc id of a series named by Orthanc id or SeriesInstanceUID."""

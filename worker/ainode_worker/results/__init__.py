@@ -7,6 +7,7 @@ from .nifti import nifti_affine, nifti_image, write_nifti
 from .provenance import Provenance
 from .rtstruct import write_rtstruct
 from .seg import write_seg
+from .sources import SourceSeries
 from .sr import write_sr
 from .uids import ResultUids, result_uid, result_uids
 
@@ -17,6 +18,7 @@ __all__ = [
     "ResultInputError",
     "ResultUids",
     "SliceGeometry",
+    "SourceSeries",
     "WrittenResult",
     "export_results",
     "nifti_affine",

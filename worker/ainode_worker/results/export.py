@@ -28,6 +28,7 @@ from .provenance import Provenance
 from .rtstruct import write_rtstruct
 from .seg import SEG_KINDS, write_seg
 from .segments import present_segments
+from .sources import Sources, SourceSeries
 from .sr import write_sr
 from .uids import hashed_uid
 
@@ -51,7 +52,7 @@ class WrittenResult:
 
 def export_results(
     label_map: npt.NDArray[np.integer],
-    source_datasets: Sequence[Dataset],
+    source_datasets: Sources,
     labels: Sequence[LabelSpec],
     provenance: Provenance,
     outputs: Sequence[OutputKind],
@@ -66,6 +67,7 @@ def export_results(
     on the job) before any file is written.
     """
     present_segments(label_map, labels)  # fail fast: empty or undescribed labels
+    sources = SourceSeries.of(source_datasets)  # headers and geometry derived once for all
     wanted = _with_sr_dependency(list(dict.fromkeys(outputs)))
     folder.mkdir(parents=True, exist_ok=True)
     written: list[WrittenResult] = []
@@ -74,7 +76,7 @@ def export_results(
         if kind in SEG_KINDS:
             seg: Dataset = write_seg(
                 label_map,
-                source_datasets,
+                sources,
                 labels,
                 provenance,
                 kind=kind,
@@ -83,14 +85,14 @@ def export_results(
             segs[kind] = seg
             written.append(save_dicom(seg, kind, folder))
         elif kind is OutputKind.RTSTRUCT:
-            rtstruct = write_rtstruct(label_map, source_datasets, labels, provenance)
+            rtstruct = write_rtstruct(label_map, sources, labels, provenance)
             written.append(save_dicom(rtstruct, kind, folder))
         elif kind is OutputKind.SR:
             referenced = segs.get(OutputKind.SEG) or segs[OutputKind.SEG_LABELMAP]
-            sr = write_sr(referenced, label_map, source_datasets, labels, provenance)
+            sr = write_sr(referenced, label_map, sources, labels, provenance)
             written.append(save_dicom(sr, kind, folder))
         elif kind is OutputKind.NIFTI:
-            written.append(_save_nifti(label_map, source_datasets, provenance, folder))
+            written.append(_save_nifti(label_map, sources, provenance, folder))
     logger.info("wrote %d result files", len(written))
     return written
 
@@ -107,12 +109,12 @@ def save_dicom(dataset: Dataset, kind: OutputKind, folder: Path) -> WrittenResul
 
 def _save_nifti(
     label_map: npt.NDArray[np.integer],
-    source_datasets: Sequence[Dataset],
+    sources: SourceSeries,
     provenance: Provenance,
     folder: Path,
 ) -> WrittenResult:
     key = hashed_uid(
-        str(source_datasets[0].SeriesInstanceUID),
+        str(sources.first.SeriesInstanceUID),
         provenance.rule,
         provenance.pipeline,
         provenance.model_version,
@@ -120,7 +122,7 @@ def _save_nifti(
     )
     path = folder / f"labels-{_digest(key)}.nii.gz"
     with _atomic(path) as tmp:
-        write_nifti(label_map, source_datasets, tmp)
+        write_nifti(label_map, sources, tmp)
     return WrittenResult(OutputKind.NIFTI, path)
 
 

@@ -7,30 +7,26 @@ voxel lands on the same point of the patient in both files whatever the orientat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-from pydicom import Dataset
 
 from .errors import ResultInputError
-from .geometry import SliceGeometry
+from .sources import Sources, SourceSeries
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def nifti_affine(source_datasets: Sequence[Dataset]) -> npt.NDArray[np.float64]:
+def nifti_affine(source_datasets: Sources) -> npt.NDArray[np.float64]:
     """4x4 RAS affine of the ``(column, row, slice)`` voxel grid of the sorted source series."""
-    return np.asarray(_LPS_TO_RAS @ SliceGeometry.from_datasets(source_datasets).affine_lps())
+    return np.asarray(_LPS_TO_RAS @ SourceSeries.of(source_datasets).geometry.affine_lps())
 
 
-def nifti_image(
-    label_map: npt.NDArray[np.integer], source_datasets: Sequence[Dataset]
-) -> nib.Nifti1Image:
+def nifti_image(label_map: npt.NDArray[np.integer], source_datasets: Sources) -> nib.Nifti1Image:
     """The label map as an in-memory NIfTI image (uint8 or uint16) with sform and qform set."""
-    geometry = SliceGeometry.from_datasets(source_datasets)
+    geometry = SourceSeries.of(source_datasets).geometry
     geometry.check_volume(label_map.shape, "label map")
     if label_map.size and (int(label_map.min()) < 0 or int(label_map.max()) > 65535):
         raise ResultInputError("label values must lie within 0..65535")
@@ -45,9 +41,7 @@ def nifti_image(
     return image
 
 
-def write_nifti(
-    label_map: npt.NDArray[np.integer], source_datasets: Sequence[Dataset], path: Path
-) -> Path:
+def write_nifti(label_map: npt.NDArray[np.integer], source_datasets: Sources, path: Path) -> Path:
     """Write ``path`` (``.nii.gz`` compresses); the caller chooses a generated file name."""
     nib.save(nifti_image(label_map, source_datasets), path)
     return path

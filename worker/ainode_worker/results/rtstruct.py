@@ -36,7 +36,7 @@ from .provenance import (
     truncate,
 )
 from .segments import Segment, present_segments
-from .sources import copy_patient_study
+from .sources import Sources, SourceSeries, copy_patient_study
 from .uids import result_uids
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ _ANATOMICAL_CATEGORIES = frozenset({"123037004", "91723000"})  # SCT Anatomical 
 
 def write_rtstruct(
     label_map: npt.NDArray[np.integer],
-    source_datasets: Sequence[Dataset],
+    source_datasets: Sources,
     labels: Sequence[LabelSpec],
     provenance: Provenance,
 ) -> Dataset:
@@ -58,10 +58,11 @@ def write_rtstruct(
     Same inputs as :func:`.seg.write_seg`; raises :class:`.errors.EmptyResultError` when no
     label is present and :class:`.errors.ResultInputError` when the inputs do not fit.
     """
-    geometry = SliceGeometry.from_datasets(source_datasets)
+    sources = SourceSeries.of(source_datasets)
+    geometry = sources.geometry
     geometry.check_volume(label_map.shape, "label map")
     segments = present_segments(label_map, labels)
-    source = source_datasets[0]
+    source = sources.first
     uids = result_uids(provenance, str(source.SeriesInstanceUID), OutputKind.RTSTRUCT)
     now = datetime.now()
 
@@ -96,9 +97,9 @@ def write_rtstruct(
     ds.InstanceNumber = 1
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
-    ds.ReferencedFrameOfReferenceSequence = [_referenced_frame(source_datasets, geometry)]
+    ds.ReferencedFrameOfReferenceSequence = [_referenced_frame(sources.datasets, geometry)]
     ds.StructureSetROISequence = [_roi(s, geometry, provenance) for s in segments]
-    ds.ROIContourSequence = _roi_contours(label_map, segments, source_datasets, geometry)
+    ds.ROIContourSequence = _roi_contours(label_map, segments, sources.datasets, geometry)
     ds.RTROIObservationsSequence = [_observation(s) for s in segments]
     ds.ApprovalStatus = "UNAPPROVED"
     logger.info(

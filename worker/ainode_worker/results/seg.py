@@ -15,7 +15,6 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
@@ -33,7 +32,7 @@ from .provenance import (
     truncate,
 )
 from .segments import Segment, dicom_code, present_segments, relabel
-from .sources import source_headers
+from .sources import Sources, SourceSeries
 from .uids import result_uids
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ _MAX_FRACTIONAL = 255
 
 def write_seg(
     label_map: npt.NDArray[np.integer],
-    source_datasets: Sequence[Dataset],
+    source_datasets: Sources,
     labels: Sequence[LabelSpec],
     provenance: Provenance,
     *,
@@ -75,7 +74,8 @@ def write_seg(
     """
     if kind not in SEG_KINDS:
         raise ValueError(f"{kind} is not a DICOM-SEG output")
-    geometry = SliceGeometry.from_datasets(source_datasets)
+    sources = SourceSeries.of(source_datasets)
+    geometry = sources.geometry
     geometry.check_volume(label_map.shape, "label map")
     pixels: npt.NDArray[Any]
     if kind is OutputKind.SEG_FRACTIONAL:
@@ -85,9 +85,9 @@ def write_seg(
     else:
         segments = present_segments(label_map, labels)
         pixels = relabel(label_map, segments)
-    uids = result_uids(provenance, str(source_datasets[0].SeriesInstanceUID), kind)
+    uids = result_uids(provenance, str(sources.first.SeriesInstanceUID), kind)
     seg = hd.seg.Segmentation(
-        source_images=source_headers(source_datasets),
+        source_images=sources.headers,
         pixel_array=pixels,
         segmentation_type=_SEGMENTATION_TYPES[kind],
         segment_descriptions=[_describe(s, provenance, algorithm_type) for s in segments],

@@ -3,13 +3,20 @@
 Results copy the patient and study modules from the source series. Real series sometimes
 lack Type 2 attributes (AccessionNumber, StudyID, ...); a result must still carry them, empty.
 Dropping pixel data also keeps the writers from copying megabytes they never read.
+
+:class:`SourceSeries` derives the headers and the checked geometry once for all the writers of
+a job, and can derive them ahead (the job runner does so while the model runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
+from typing import TypeAlias
 
 from pydicom import Dataset
+
+from .geometry import SliceGeometry
 
 # Type 2 attributes of the Patient and General Study modules: present, possibly empty.
 _TYPE2_PATIENT_STUDY = (
@@ -36,6 +43,39 @@ _OPTIONAL_PATIENT_STUDY = (
 )
 PATIENT_STUDY_KEYWORDS = ("StudyInstanceUID", *_TYPE2_PATIENT_STUDY, *_OPTIONAL_PATIENT_STUDY)
 _PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData"})
+
+
+class SourceSeries:
+    """The sorted source slices of a result, with what every writer derives from them."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self.datasets = datasets
+
+    @classmethod
+    def of(cls, sources: Sources) -> SourceSeries:
+        """``sources`` itself if already a :class:`SourceSeries`, else one over the slices."""
+        return sources if isinstance(sources, SourceSeries) else cls(sources)
+
+    @cached_property
+    def geometry(self) -> SliceGeometry:
+        """Raises :class:`.errors.ResultInputError` when the slices are no regular volume."""
+        return SliceGeometry.from_datasets(self.datasets)
+
+    @cached_property
+    def headers(self) -> list[Dataset]:
+        return source_headers(self.datasets)
+
+    @property
+    def first(self) -> Dataset:
+        return self.datasets[0]
+
+    def prepare(self) -> SourceSeries:
+        """Derive everything now (e.g. in a thread, while the model runs); returns itself."""
+        _ = self.geometry, self.headers
+        return self
+
+
+Sources: TypeAlias = Sequence[Dataset] | SourceSeries
 
 
 def source_headers(datasets: Sequence[Dataset]) -> list[Dataset]:

@@ -24,7 +24,7 @@ from .errors import ResultInputError
 from .geometry import SliceGeometry
 from .provenance import MANUFACTURER, Provenance, series_number, truncate
 from .segments import Segment, dicom_code, present_segments
-from .sources import source_headers
+from .sources import Sources, SourceSeries
 from .uids import hashed_uid, result_uids
 
 logger = logging.getLogger(__name__)
@@ -41,20 +41,21 @@ _IMAGING_PROCEDURE = DicomCode("363679005", "SCT", "Imaging")
 def write_sr(
     seg: Dataset,
     label_map: npt.NDArray[np.integer],
-    source_datasets: Sequence[Dataset],
+    source_datasets: Sources,
     labels: Sequence[LabelSpec],
     provenance: Provenance,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the measurement report for a BINARY or LABELMAP ``seg`` made from ``label_map``."""
-    geometry = SliceGeometry.from_datasets(source_datasets)
+    sources = SourceSeries.of(source_datasets)
+    geometry = sources.geometry
     geometry.check_volume(label_map.shape, "label map")
     segments = present_segments(label_map, labels)
     _check_matches(seg, segments)
-    voxel_ml = _voxel_volume_mm3(geometry, source_datasets[0]) / 1000.0
+    voxel_ml = _voxel_volume_mm3(geometry, sources.first) / 1000.0
     algorithm = hd.sr.AlgorithmIdentification(
         name=truncate(provenance.model_name), version=truncate(provenance.model_version)
     )
-    uids = result_uids(provenance, str(source_datasets[0].SeriesInstanceUID), OutputKind.SR)
+    uids = result_uids(provenance, str(sources.first.SeriesInstanceUID), OutputKind.SR)
     groups = [
         _volume_group(
             seg,
@@ -67,12 +68,12 @@ def write_sr(
     ]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(provenance),
-        procedure_reported=_PROCEDURES.get(str(source_datasets[0].Modality), _IMAGING_PROCEDURE),
+        procedure_reported=_PROCEDURES.get(str(sources.first.Modality), _IMAGING_PROCEDURE),
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg, *source_headers(source_datasets)],
+        evidence=[seg, *sources.headers],
         content=report,
         series_instance_uid=uids.series_uid,
         series_number=series_number(OutputKind.SR),
