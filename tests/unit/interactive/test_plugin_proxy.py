@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
 from ainode_worker.interactive.volumes import InMemoryVolumeLoader
+from ainode_worker.volume import Volume
 from nodeharness import free_port
 
 from ainode.phantoms import Geometry
@@ -33,6 +36,17 @@ def served(series: PhantomSeries) -> Iterator[ServedApp]:
     loader.add(series.volume)
     with ServedApp(create_app(InteractiveConfig(store_accepted=False), loader=loader)) as app:
         yield app
+
+
+@dataclass
+class HeldVolumeLoader(InMemoryVolumeLoader):
+    """Loads only once ``released`` is set."""
+
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def load(self, series: str) -> Volume:
+        self.released.wait(timeout=30)
+        return super().load(series)
 
 
 def _router(url: str, timeout_s: float = 60.0) -> Router:
@@ -128,15 +142,20 @@ def test_service_down_is_503_and_slow_is_504(series: PhantomSeries) -> None:
     )
     assert down.status == 503
     assert "not running" in json.loads(down.body)["error"]
-    # A first click on a fresh service loads and smooths the volume: longer than 50 ms.
-    loader = InMemoryVolumeLoader()
+    # The service is slow when its volume fetch is: this loader holds the first click until
+    # the proxy has given up on it (a timing-free stand-in for a PACS that answers late).
+    released = threading.Event()
+    loader = HeldVolumeLoader(released=released)
     loader.add(series.volume)
     with ServedApp(create_app(InteractiveConfig(store_accepted=False), loader=loader)) as app:
         x, y, z = object_click(series.phantom, 1)
-        slow = _router(app.url, timeout_s=0.05).dispatch(
-            _json_request(
-                "/ai/interactive/segment",
-                {"series": series.uid, "points": [{"x": x, "y": y, "z": z}]},
+        try:
+            slow = _router(app.url, timeout_s=0.2).dispatch(
+                _json_request(
+                    "/ai/interactive/segment",
+                    {"series": series.uid, "points": [{"x": x, "y": y, "z": z}]},
+                )
             )
-        )
+        finally:
+            released.set()
     assert slow.status == 504 and "did not answer" in json.loads(slow.body)["error"]
