@@ -34,6 +34,7 @@ from ainode.broker import RUN_JOB_TASK
 from ainode.jobs import JobRequest, JobState
 from ainode.routing import queue_name
 from ainode.settings import Settings
+from ainode_plugin.backoff import doubling_backoff
 from ainode_plugin.jobstore import JobStore
 from ainode_plugin.passloop import PassLoop
 
@@ -87,8 +88,7 @@ class RetryPolicy:
 
     def backoff(self, attempts: int) -> timedelta:
         """Pause before re-sending a job that has been sent ``attempts`` times: 1x, 2x, 4x..."""
-        exponent = min(max(attempts - 1, 0), 30)
-        return min(self.backoff_base * (1 << exponent), self.backoff_max)
+        return doubling_backoff(attempts, self.backoff_base, self.backoff_max)
 
 
 @dataclass(frozen=True)

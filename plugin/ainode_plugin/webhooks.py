@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from ainode.jobs import JobState
 from ainode.settings import Settings, Webhook
+from ainode_plugin.backoff import doubling_backoff
 from ainode_plugin.passloop import PassLoop
 
 if TYPE_CHECKING:
@@ -210,8 +211,7 @@ class DeliveryPolicy:
 
     def backoff(self, attempts: int) -> timedelta:
         """Pause after the ``attempts``-th failed try: base, 2x base, 4x base... up to the max."""
-        exponent = min(max(attempts - 1, 0), 30)
-        return min(self.backoff_base * (1 << exponent), self.backoff_max)
+        return doubling_backoff(attempts, self.backoff_base, self.backoff_max)
 
 
 class NotifyOutcome(StrEnum):
