@@ -1,8 +1,11 @@
 """The plugin's composition root: settings, logging, routes and lifecycle inside Orthanc.
 
 Orthanc calls back on its own threads holding the Python lock, so callbacks here only record and
-enqueue; periodic work runs in schedulers started on ``ORTHANC_STARTED`` and stopped on
-``ORTHANC_STOPPED``.
+enqueue; periodic work runs in pass loops (``passloop``) started on ``ORTHANC_STARTED`` and
+stopped on ``ORTHANC_STOPPED``. They keep time on the monotonic clock: an interval scheduler
+that waits for a wall-clock time (APScheduler 3's) stalls for as long as a backward step of the
+clock (measured: no run for the hour after a one-hour step), and an NTP correction at boot must
+not stop the change sweep or the rules check.
 """
 
 from __future__ import annotations
@@ -10,13 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from ainode.broker import make_celery, ping_workers
 from ainode.node.health import probe_redis
@@ -28,6 +29,7 @@ from ainode_plugin.http import Request, Response, Router
 from ainode_plugin.interactive_routes import add_interactive_routes
 from ainode_plugin.job_routes import JobRoutes
 from ainode_plugin.jobstore import JobStore
+from ainode_plugin.passloop import PassLoop
 from ainode_plugin.routing_service import Evaluate, EvaluateStudy, RoutingService
 from ainode_plugin.ui_routes import register_ui
 from ainode_plugin.webhooks import DeliveryPolicy, NotificationSender
@@ -96,7 +98,8 @@ class NodePlugin:
             self.store, settings.webhooks, policy=DeliveryPolicy.from_settings(settings)
         )
         self.store.on_notification = self.notifier.wake
-        self.scheduler = BackgroundScheduler(daemon=True)
+        self.rules_loop = PassLoop("ainode-rules", self._check_rules)
+        self.changes_loop = PassLoop("ainode-changes", self._sweep_changes)
         self.router.add(r"/ai/health", "GET", self.health)
         JobRoutes(
             self.store, self.watcher, self.registry, self.routing, self.dispatcher, self.celery
@@ -152,39 +155,26 @@ class NodePlugin:
         self.routing.start(restart_grace_s=self.restart_grace_s())
         self.dispatcher.start(self.settings.dispatch_sweep_s)
         self.notifier.start(self.settings.webhook_sweep_s)
-        self.scheduler.add_job(
-            self.watcher.check,
-            "interval",
-            seconds=RULES_CHECK_S,
-            id="rules",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.routing.sweep_changes,
-            "interval",
-            seconds=self.settings.change_sweep_s,
-            id="changes",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=_now(),
-        )
-        self.scheduler.start()
+        self.rules_loop.start(RULES_CHECK_S)
+        self.changes_loop.start(self.settings.change_sweep_s)
         log.info("routing started: %s", self.watcher.status().as_dict()["rule_count"])
+
+    def _check_rules(self) -> None:
+        self.watcher.check()
+
+    def _sweep_changes(self) -> None:
+        self.routing.sweep_changes()
 
     def restart_grace_s(self) -> float:
         return min(float(self.settings.stable_age_s), RESTART_GRACE_MAX_S) + 1.0
 
     def stop_background(self) -> None:
-        self.scheduler.shutdown(wait=False)
+        self.rules_loop.stop(timeout_s=5)
+        self.changes_loop.stop(timeout_s=10)
         self.dispatcher.stop()
         self.routing.stop()
         self.notifier.stop()
         self.store.close()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _load_registry(settings: Settings) -> Registry:
@@ -218,7 +208,6 @@ def start_plugin(orthanc: Any, settings_file: str | None) -> NodePlugin:
     root.handlers = [OrthancLogHandler(orthanc)]
     settings = load_plugin_settings(settings_file)
     root.setLevel(settings.log_level)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per run otherwise
     plugin = NodePlugin(orthanc, settings)
     plugin.ui.attach(orthanc, plugin.router)  # Explorer extension, ingest counter
     plugin.router.register(orthanc)
