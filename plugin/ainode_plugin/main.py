@@ -4,8 +4,8 @@ Orthanc calls back on its own threads holding the Python lock, so callbacks here
 enqueue; periodic work runs in pass loops (``passloop``) started on ``ORTHANC_STARTED`` and
 stopped on ``ORTHANC_STOPPED``. They keep time on the monotonic clock: an interval scheduler
 that waits for a wall-clock time (APScheduler 3's) stalls for as long as a backward step of the
-clock (measured: no run for the hour after a one-hour step), and an NTP correction at boot must
-not stop the change sweep or the rules check.
+clock (measured: a 1 s job stopped running after a one-hour step back), and an NTP correction at
+boot must not stop the change sweep or the rules check.
 """
 
 from __future__ import annotations
