@@ -159,6 +159,8 @@ class NodePlugin:
         self.changes_loop.start(self.settings.change_sweep_s)
         log.info("routing started: %s", self.watcher.status().as_dict()["rule_count"])
 
+    # A pass loop reads a pass's return value as seconds until the next pass: these two return
+    # a flag and a count, which must not set the pace.
     def _check_rules(self) -> None:
         self.watcher.check()
 

@@ -69,11 +69,8 @@ def test_only_once(server: DroppingServer) -> None:
     assert len(server.requests) == 2
 
 
-def test_a_plain_session_does_not_retry() -> None:
+@pytest.mark.parametrize("server", [1], indirect=True)
+def test_a_plain_session_does_not_retry(server: DroppingServer) -> None:
     """The case the helper exists for: without it the first dropped request is an error."""
-    srv = DroppingServer(drop=1)
-    try:
-        with pytest.raises(requests.ConnectionError):
-            requests.Session().get(f"http://127.0.0.1:{srv.port}/x")
-    finally:
-        srv.close()
+    with pytest.raises(requests.ConnectionError):
+        requests.Session().get(f"http://127.0.0.1:{server.port}/x")
