@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ainode.routing import AttributeValues, is_identifying, normalize_value
+from ainode.routing import AttributeValues, cap_values, is_identifying, normalize_value
 
 GetJson = Callable[[str], Any]
 
@@ -110,8 +110,8 @@ def facts_from_orthanc(
         attributes.update(_dicom_attributes(source))
     if instance_metadata:
         for name, keywords in _METADATA_ATTRIBUTES.items():
-            values = normalize_value(instance_metadata.get(name))
             for keyword in keywords:
+                values = cap_values(keyword, normalize_value(instance_metadata.get(name)))
                 if values:
                     attributes[keyword] = values
                 else:
@@ -163,7 +163,8 @@ def _dicom_attributes(tags: Mapping[str, Any]) -> dict[str, AttributeValues]:
     """Keyword -> values for the plain attributes of a simplified-tags mapping.
 
     Sequences, binary data, unknown (private) tags and patient-identifying attributes are left
-    out: rules cannot use them, and what is not kept cannot leak.
+    out: rules cannot use them, and what is not kept cannot leak. Values are capped at their
+    VR's maximum length, so no value makes a rule take longer than a valid one would.
     """
     result: dict[str, AttributeValues] = {}
     for keyword, value in tags.items():
@@ -173,7 +174,7 @@ def _dicom_attributes(tags: Mapping[str, Any]) -> dict[str, AttributeValues]:
             continue
         if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
             continue  # a sequence
-        values = normalize_value(value)
+        values = cap_values(keyword, normalize_value(value))
         if values:
             result[keyword] = values
     return result

@@ -8,6 +8,11 @@ sweep of Orthanc's change log from the last sequence number handled, at start an
 The sweep never moves that mark past a series that is not stable yet: if Orthanc stops before
 its event fires, the sweep after the restart finds it again.
 
+The rules themselves run on one more thread, :class:`RuleRunner`, with a time budget: every
+caller (the routing thread, and a REST route deciding on request on Orthanc's HTTP thread)
+waits for it without holding Python's lock, and a series whose evaluation overruns the budget
+is ignored with that reason instead of holding up everything behind it.
+
 A study becoming stable is evaluated only when some enabled rule is triggered per study;
 otherwise every series would get a second, pointless "ignored" record.
 """
@@ -23,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ainode.routing import Decision, RulesWatcher, Trigger
+from ainode.inputcheck import VolumeBudget
+from ainode.routing import RULES_OVER_BUDGET, Decision, RuleSet, RulesWatcher, Trigger
 from ainode_plugin.dispatcher import Dispatcher
 from ainode_plugin.facts import FactsError, SeriesFacts, fetch_series_facts
 from ainode_plugin.jobstore import Job, JobStore
@@ -61,6 +67,60 @@ class EvaluateStudy:
     study_id: str
 
 
+@dataclass
+class _Evaluation:
+    rules: RuleSet
+    facts: SeriesFacts
+    trigger: Trigger
+    done: threading.Event
+    decisions: list[Decision] | None = None
+    error: Exception | None = None
+
+
+class RuleRunner:
+    """Evaluates rules on its own thread; a caller waits at most ``budget_s`` for the answer.
+
+    RE2 keeps each match linear and values are capped at their VR's length, so the budget is
+    a last line: whatever a rule costs, no caller waits longer than it.
+    """
+
+    def __init__(self, budget_s: float, volume_budget: VolumeBudget | None = None) -> None:
+        self.budget_s = budget_s
+        self.volume_budget = volume_budget
+        self._queue: queue.Queue[_Evaluation] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ainode-rules-eval", daemon=True)
+        self._thread.start()
+
+    def evaluate(self, rules: RuleSet, facts: SeriesFacts, trigger: Trigger) -> list[Decision]:
+        work = _Evaluation(rules, facts, trigger, threading.Event())
+        self._queue.put(work)
+        if not work.done.wait(self.budget_s):
+            log.warning(
+                "series %s: rule evaluation took longer than its %.3g s budget; ignored",
+                facts.series_id,
+                self.budget_s,
+            )
+            reason = (
+                f"the rules took longer than the {self.budget_s:g} s budget (setting "
+                "rules_budget_s) to decide; the series was not routed"
+            )
+            return [Decision(False, RULES_OVER_BUDGET, reason, trigger=trigger)]
+        if work.error is not None:
+            raise work.error
+        return work.decisions or []
+
+    def _run(self) -> None:
+        while True:
+            work = self._queue.get()
+            try:
+                work.decisions = work.rules.evaluate(
+                    work.facts, trigger=work.trigger.value, budget=self.volume_budget
+                )
+            except Exception as error:  # handed to the caller, who has the context to log it
+                work.error = error
+            work.done.set()
+
+
 class RoutingService:
     def __init__(
         self,
@@ -68,11 +128,14 @@ class RoutingService:
         store: JobStore,
         watcher: RulesWatcher,
         dispatcher: Dispatcher,
+        rules_budget_s: float = 1.0,
+        volume_budget: VolumeBudget | None = None,
     ) -> None:
         self.orthanc = orthanc
         self.store = store
         self.watcher = watcher
         self.dispatcher = dispatcher
+        self.rules = RuleRunner(rules_budget_s, volume_budget)
         self._queue: queue.Queue[object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._sweep_lock = threading.Lock()
@@ -160,7 +223,7 @@ class RoutingService:
         """
         if trigger == Trigger.STUDY and not self._has_study_rules():
             return []
-        decisions: list[Decision] = self.watcher.rules.evaluate(facts, trigger=trigger.value)
+        decisions = self.rules.evaluate(self.watcher.rules, facts, trigger)
         return [self.store.record_decision(facts, decision) for decision in decisions]
 
     def _has_study_rules(self) -> bool:

@@ -10,6 +10,7 @@ from ainode.queues import Pool, Priority, all_queue_names, queue_name
 from .attributes import (
     SYNTHETIC_ATTRIBUTES,
     AttributeValues,
+    cap_values,
     is_identifying,
     normalize_attributes,
     normalize_value,
@@ -19,11 +20,14 @@ from .destinations import KnownDestinations, destination_label, parse_destinatio
 from .errors import Problem, RulesError
 from .loader import load_rules, parse_rules
 from .rules import (
+    GUARD_INPUT,
     GUARD_NODE_OUTPUT,
+    GUARD_NON_IMAGE_CLASS,
     GUARD_RESULT_MODALITY,
     NO_RULE_MATCHED,
     NODE_MANUFACTURER,
     NON_IMAGE_MODALITIES,
+    RULES_OVER_BUDGET,
     RULES_UNAVAILABLE,
     Decision,
     FactsLike,
@@ -32,17 +36,21 @@ from .rules import (
     Rule,
     RuleCheck,
     RuleSet,
+    input_problem,
     loop_guard,
 )
 from .schema import Action, MatchMode, NotifyEvent, Trigger
 from .watcher import RulesStatus, RulesWatcher
 
 __all__ = [
+    "GUARD_INPUT",
     "GUARD_NODE_OUTPUT",
+    "GUARD_NON_IMAGE_CLASS",
     "GUARD_RESULT_MODALITY",
     "NODE_MANUFACTURER",
     "NON_IMAGE_MODALITIES",
     "NO_RULE_MATCHED",
+    "RULES_OVER_BUDGET",
     "RULES_UNAVAILABLE",
     "SYNTHETIC_ATTRIBUTES",
     "Action",
@@ -66,7 +74,9 @@ __all__ = [
     "RulesWatcher",
     "Trigger",
     "all_queue_names",
+    "cap_values",
     "destination_label",
+    "input_problem",
     "is_identifying",
     "load_rules",
     "loop_guard",

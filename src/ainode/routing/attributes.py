@@ -122,11 +122,58 @@ def normalize_value(value: object) -> AttributeValues:
     return (str(value).strip(),) if str(value).strip() else ()
 
 
+# The longest value each VR allows (PS3.5 table 6.2-1), in characters. Unlimited text (UT, UC,
+# UR) and unknown VRs get DEFAULT_MAX_CHARS: no rule needs more, and a bound on every value is a
+# bound on the time any matcher spends on it.
+VR_MAX_CHARS: Mapping[str, int] = {
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "DT": 26,
+    "IS": 12,
+    "LO": 64,
+    "LT": 10240,
+    "PN": 64,
+    "SH": 16,
+    "ST": 1024,
+    "TM": 16,
+    "UI": 64,
+}
+DEFAULT_MAX_CHARS = 1024
+SYNTHETIC_MAX_CHARS = 64  # AE titles, IP addresses, origin names
+MAX_VALUES = 64  # values kept of one multi-valued attribute
+
+
+@lru_cache(maxsize=4096)
+def max_value_chars(keyword: str) -> int:
+    """The longest value of ``keyword`` a rule sees: its VR's maximum length."""
+    if keyword in SYNTHETIC_ATTRIBUTES:
+        return SYNTHETIC_MAX_CHARS
+    tag = keyword_dict.get(keyword)
+    if tag is None:
+        return DEFAULT_MAX_CHARS
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return DEFAULT_MAX_CHARS
+    return VR_MAX_CHARS.get(vr, DEFAULT_MAX_CHARS)
+
+
+def cap_values(keyword: str, values: AttributeValues) -> AttributeValues:
+    """``values`` with each cut to the VR's maximum length and at most :data:`MAX_VALUES` kept:
+    a sender can make a value longer than DICOM allows, never make a rule slower for it."""
+    limit = max_value_chars(keyword)
+    return tuple(value[:limit] for value in values[:MAX_VALUES])
+
+
 def normalize_attributes(values: Mapping[str, object]) -> dict[str, AttributeValues]:
-    """A plain mapping of keyword -> value, normalised; attributes without a value are dropped."""
+    """A plain mapping of keyword -> value, normalised and capped (:func:`cap_values`);
+    attributes without a value are dropped."""
     result: dict[str, AttributeValues] = {}
     for keyword, value in values.items():
-        normalized = normalize_value(value)
+        normalized = cap_values(keyword, normalize_value(value))
         if normalized:
             result[keyword] = normalized
     return result

@@ -5,7 +5,7 @@ Syntax under a rule's ``when:`` (see ``routing-rules.yaml`` for the commented re
     Modality: CT                          # equals (shorthand)
     InstanceCount: {ge: 10}               # gt, ge, lt, le compare numbers
     BodyPartExamined: {in: [CHEST, ABDOMEN]}
-    SeriesDescription: {matches: "abdo|pelvis", ignore_case: true}   # regex, searched anywhere
+    SeriesDescription: {matches: "abdo|pelvis", ignore_case: true}   # RE2 regex, searched anywhere
     ContrastBolusAgent: {exists: true}    # or {missing: true}
     all: [...]   any: [...]   not: {...}  # combinators; several keys in one mapping = all
 
@@ -17,7 +17,6 @@ as code: a condition is a tree of the small frozen classes below.
 from __future__ import annotations
 
 import operator
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pydantic import ValidationError
 
 from .attributes import AttributeValues, attribute_problem
 from .errors import Location
+from .regex import LinearRegex, RegexError, compile_linear
 from .schema import OPERATOR_NAMES, Operators, validation_problems
 
 Facts = Mapping[str, AttributeValues]
@@ -94,13 +94,13 @@ class OneOf(Check):
 
 @dataclass(frozen=True)
 class Matches(Check):
-    pattern: re.Pattern[str]
+    pattern: LinearRegex
 
     def passes(self, values: AttributeValues) -> bool:
         return any(self.pattern.search(value) for value in values)
 
     def describe(self) -> str:
-        flags = "i" if self.pattern.flags & re.IGNORECASE else ""
+        flags = "i" if self.pattern.ignore_case else ""
         return f"matches /{self.pattern.pattern}/{flags}"
 
 
@@ -337,10 +337,9 @@ def _checks_from(
     if ops.in_ is not None:
         checks.append(OneOf(tuple(ops.in_), ops.ignore_case))
     if ops.matches is not None:
-        flags = re.IGNORECASE if ops.ignore_case else 0
         try:
-            checks.append(Matches(re.compile(ops.matches, flags)))
-        except (re.error, RecursionError, OverflowError) as error:
+            checks.append(Matches(compile_linear(ops.matches, ops.ignore_case)))
+        except RegexError as error:
             report((*location, "matches"), f"invalid regular expression {ops.matches!r}: {error}")
     for name in ("gt", "ge", "lt", "le"):
         limit = getattr(ops, name)

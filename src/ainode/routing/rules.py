@@ -1,10 +1,14 @@
 """Loaded rules and their evaluation: a series' facts in, a list of decisions out.
 
 Before any rule is looked at, a built-in loop guard ignores series that are results (SEG,
-RTSTRUCT, SR, RTPLAN, KO, PR and the other non-image modalities) or that this node produced
-(``Manufacturer`` is :data:`NODE_MANUFACTURER`), so a rule can never feed the node its own
-output. Every outcome, including "ignored", is a :class:`Decision` naming who decided and why,
-so the job store can record it and an engineer can see why a series did or did not run.
+RTSTRUCT, SR, RTPLAN, KO, PR and the other non-image modalities, by Modality and by SOP Class,
+since a SEG relabelled CT is still a SEG) or that this node produced (``Manufacturer`` is
+:data:`NODE_MANUFACTURER`), so a rule can never feed the node its own output. A series a rule
+would run is then checked for what its tags already show to be unusable (pixel format,
+spacing, orientation, size budget: :mod:`ainode.inputcheck`) and ignored with the reason, so
+its job never waits for a worker to find out. Every outcome, including "ignored", is a
+:class:`Decision` naming who decided and why, so the job store can record it and an engineer
+can see why a series did or did not run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from typing import Protocol
 
 from pydantic import JsonValue
 
+from ainode.inputcheck import (
+    VolumeBudget,
+    orientation_problem,
+    pixel_format_problem,
+    sop_class_problem,
+    spacing_problem,
+)
 from ainode.jobs import Destination, JobState, OutputKind
 from ainode.queues import Pool, Priority, queue_name
 
@@ -49,8 +60,11 @@ NODE_MANUFACTURER = "AINODE"
 
 GUARD_RESULT_MODALITY = "guard:result-modality"
 GUARD_NODE_OUTPUT = "guard:node-output"
+GUARD_NON_IMAGE_CLASS = "guard:non-image-class"
+GUARD_INPUT = "guard:input"
 NO_RULE_MATCHED = "no-rule-matched"
 RULES_UNAVAILABLE = "rules-unavailable"
+RULES_OVER_BUDGET = "rules-over-budget"
 _MAX_REASON = 600
 
 
@@ -143,6 +157,11 @@ def loop_guard(facts: Mapping[str, AttributeValues], trigger: Trigger) -> Decisi
             "such series are never routed",
             trigger=trigger,
         )
+    sop_problem = sop_class_problem(next(iter(facts.get("SOPClassUID", ())), ""))
+    if sop_problem is not None:
+        return Decision(
+            run=False, decided_by=GUARD_NON_IMAGE_CLASS, reason=sop_problem, trigger=trigger
+        )
     if NODE_MANUFACTURER in facts.get("Manufacturer", ()):
         return Decision(
             run=False,
@@ -150,6 +169,42 @@ def loop_guard(facts: Mapping[str, AttributeValues], trigger: Trigger) -> Decisi
             reason=f"produced by this node (Manufacturer {NODE_MANUFACTURER}); never routed again",
             trigger=trigger,
         )
+    return None
+
+
+def _first(facts: Mapping[str, AttributeValues], keyword: str) -> str | None:
+    return next(iter(facts.get(keyword, ())), None)
+
+
+def input_problem(
+    facts: Mapping[str, AttributeValues], budget: VolumeBudget | None = None
+) -> str | None:
+    """Why the tags of a series (one instance's, and its instance count) already show that no
+    model can run on it; None when they do not (the worker checks the files again)."""
+    bits = _first(facts, "BitsAllocated")
+    if bits is not None:
+        modality = _first(facts, "Modality") or ""
+        problem = pixel_format_problem(modality, bits, _first(facts, "SamplesPerPixel") or 1)
+        if problem:
+            return problem
+    if "PixelSpacing" in facts:
+        problem = spacing_problem(facts["PixelSpacing"])
+        if problem:
+            return problem
+    if "ImageOrientationPatient" in facts:
+        problem = orientation_problem(facts["ImageOrientationPatient"])
+        if problem:
+            return problem
+    try:
+        rows, columns = int(_first(facts, "Rows") or -1), int(_first(facts, "Columns") or -1)
+        frames = int(_first(facts, "NumberOfFrames") or 1)
+        count = int(_first(facts, "InstanceCount") or 1)
+    except ValueError:
+        return "Rows, Columns or NumberOfFrames is not a number"
+    if rows == 0 or columns == 0:
+        return f"the images have {rows} Rows and {columns} Columns: no pixels"
+    if budget is not None and rows > 0 and columns > 0:
+        return budget.problem((max(count, 1) * max(frames, 1), rows, columns), None)
     return None
 
 
@@ -181,9 +236,16 @@ class RuleSet:
         return frozenset(rule.pipeline for rule in self.rules if rule.pipeline)
 
     def evaluate(
-        self, facts: FactsLike, *, trigger: Trigger | str = Trigger.SERIES
+        self,
+        facts: FactsLike,
+        *,
+        trigger: Trigger | str = Trigger.SERIES,
+        budget: VolumeBudget | None = None,
     ) -> list[Decision]:
-        """The decisions for one series: one ``ignored`` decision, or one per job to make."""
+        """The decisions for one series: one ``ignored`` decision, or one per job to make.
+
+        ``budget`` also refuses a series whose tags declare more voxels than a job may have.
+        """
         level = Trigger(trigger)
         values = facts_mapping(facts)
         if self.unavailable is not None:
@@ -204,6 +266,9 @@ class RuleSet:
             return [
                 Decision(False, veto.name, f"ignored by rule {veto.name!r}", veto, trigger=level)
             ]
+        problem = input_problem(values, budget) if matched else None
+        if problem is not None:
+            return [Decision(False, GUARD_INPUT, problem, trigger=level)]
         if matched:
             return [
                 Decision(True, rule.name, f"matched rule {rule.name!r}", rule, trigger=level)
