@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ainode.broker import make_celery, ping_workers
+from ainode.inputcheck import VolumeBudget
 from ainode.node.health import probe_redis
 from ainode.registry import Registry, RegistryError, load_registry
 from ainode.routing import KnownDestinations, RulesWatcher, Trigger
@@ -93,7 +94,14 @@ class NodePlugin:
             policy=RetryPolicy.from_settings(settings),
             monotonic=time.monotonic,  # follow wall-clock jumps (see the dispatcher)
         )
-        self.routing = RoutingService(orthanc, self.store, self.watcher, self.dispatcher)
+        self.routing = RoutingService(
+            orthanc,
+            self.store,
+            self.watcher,
+            self.dispatcher,
+            settings.rules_budget_s,
+            VolumeBudget.for_machine(settings.job_max_voxels, settings.job_max_memory_gib),
+        )
         self.notifier = NotificationSender(
             self.store, settings.webhooks, policy=DeliveryPolicy.from_settings(settings)
         )

@@ -136,6 +136,23 @@ class Settings(BaseSettings):
         gt=0,
         description="How often Orthanc's change log is searched for series whose event was lost.",
     )
+    rules_budget_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest a series' rule evaluation may take; past it the series is ignored "
+        "with that reason.",
+    )
+    job_max_voxels: int = Field(
+        default=2**30,
+        gt=0,
+        description="Largest volume one job may ask for, in voxels (stored, and its extent on "
+        "a 1 mm grid); a larger series is refused before anything is allocated.",
+    )
+    job_max_memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="Memory one job's volume may need (estimated); default half the machine's.",
+    )
     dispatch_sweep_s: float = Field(
         default=5.0,
         gt=0,

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from ainode.credentials import orthanc_auth
 from ainode.http import orthanc_session
+from ainode.inputcheck import VolumeBudget
 from ainode.jobs import JobRequest, JobState, JobUpdate, OutputKind
 from ainode.registry import Registry, RegistryError, UnknownModelError, load_registry
 from ainode.settings import Settings
@@ -269,7 +270,10 @@ def _load_volume(ctx: WorkerContext, series_id: str, steps: dict[str, float]) ->
     except InteractiveError as error:  # series missing or unusable
         raise JobInputError(str(error)) from error
     with _step(steps, "volume_s"):
-        return volume_from_datasets(datasets)
+        budget = VolumeBudget.for_machine(
+            ctx.settings.job_max_voxels, ctx.settings.job_max_memory_gib
+        )
+        return volume_from_datasets(datasets, budget)
 
 
 def _write_manifest(

@@ -14,6 +14,7 @@ from ainode_worker.volume.errors import (
     SingleFrameError,
     UnsupportedMultiFrameError,
     VolumeError,
+    VolumeTooLargeError,
 )
 from ainode_worker.volume.model import Volume
 from ainode_worker.volume.resample import resample_to
@@ -34,6 +35,7 @@ __all__ = [
     "UnsupportedMultiFrameError",
     "Volume",
     "VolumeError",
+    "VolumeTooLargeError",
     "resample_to",
     "volume_from_datasets",
 ]

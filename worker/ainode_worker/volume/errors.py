@@ -58,3 +58,7 @@ class PixelDataError(VolumeError):
 
 class UnsupportedMultiFrameError(VolumeError):
     """A multi-frame object this reader cannot turn into a volume."""
+
+
+class VolumeTooLargeError(VolumeError):
+    """The volume (or its extent on a model's grid) is over the job's voxel or memory budget."""

@@ -3,6 +3,9 @@
 Models assume a regular grid; a series with a missing slice, two acquisitions interleaved or a
 sheared (gantry-tilted) stack would be segmented wrongly without any error. So every such case is
 refused with a specific :class:`VolumeError` that says what is wrong, and nothing is guessed.
+Geometry, pixel format, SOP class and size are checked on the headers (the rules of
+:mod:`ainode.inputcheck`, the same the plugin applies before queueing) before any voxel is
+allocated or decoded: a header may declare anything.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 
+from ainode.inputcheck import (
+    VolumeBudget,
+    non_image_sop_class,
+    orientation_problem,
+    pixel_format_problem,
+    spacing_problem,
+)
+from ainode.settings import Settings
 from ainode_worker.volume.errors import (
     DuplicatePositionError,
     GantryTiltError,
@@ -30,6 +41,7 @@ from ainode_worker.volume.errors import (
     PixelDataError,
     SingleFrameError,
     UnsupportedMultiFrameError,
+    VolumeTooLargeError,
 )
 from ainode_worker.volume.model import Vector, Volume
 
@@ -58,11 +70,18 @@ class _Slice:
     dataset: Dataset
 
 
-def volume_from_datasets(datasets: Iterable[Dataset]) -> Volume:
+def default_budget() -> VolumeBudget:
+    """The budget of the settings' defaults (half this machine's memory)."""
+    return VolumeBudget.for_machine(Settings.model_fields["job_max_voxels"].default)
+
+
+def volume_from_datasets(datasets: Iterable[Dataset], budget: VolumeBudget | None = None) -> Volume:
     """Build the volume of one series from its datasets, in any order.
 
-    Non-image objects are dropped, localizers too when other images remain. Raises a
-    :class:`~ainode_worker.volume.errors.VolumeError` subclass naming the problem.
+    Non-image objects (by Modality or SOP Class) are dropped, localizers too when other images
+    remain. Raises a :class:`~ainode_worker.volume.errors.VolumeError` subclass naming the
+    problem; :class:`VolumeTooLargeError` before allocating anything over ``budget``
+    (default: :func:`default_budget`).
     """
     images = [ds for ds in datasets if _is_image(ds)]
     if not images:
@@ -79,12 +98,14 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> Volume:
     slices = [s for ds in images for s in _slices_of(ds)]
     if len(slices) == 1:
         raise SingleFrameError("the series has a single image; a 3D model needs a stack of slices")
-    return _stack(slices, images)
+    return _stack(slices, images, budget or default_budget())
 
 
 def _is_image(ds: Dataset) -> bool:
     if str(getattr(ds, "Modality", "")).upper() in _NON_IMAGE_MODALITIES:
         return False
+    if non_image_sop_class(str(getattr(ds, "SOPClassUID", ""))):
+        return False  # e.g. a SEG relabelled Modality CT
     return "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
 
 
@@ -109,10 +130,23 @@ def _floats(value: object, count: int, what: str) -> npt.NDArray[np.float64]:
         raise InconsistentSizeError(f"{what} is missing or not numeric") from error
     if array.shape != (count,):
         raise InconsistentSizeError(f"{what} must have {count} values, has {array.size}")
+    if not np.all(np.isfinite(array)):
+        raise InconsistentSizeError(f"{what} must be finite, not {[f'{v:.6g}' for v in array]}")
     return array
 
 
+def _check_pixel_format(ds: Dataset) -> None:
+    problem = pixel_format_problem(
+        str(getattr(ds, "Modality", "")),
+        getattr(ds, "BitsAllocated", ""),
+        getattr(ds, "SamplesPerPixel", 1),
+    )
+    if problem:
+        raise PixelDataError(problem)
+
+
 def _slices_of(ds: Dataset) -> list[_Slice]:
+    _check_pixel_format(ds)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         return _frames_of(ds, frames)
@@ -226,7 +260,7 @@ def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
     return pixels
 
 
-def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
+def _stack(slices: list[_Slice], images: list[Dataset], budget: VolumeBudget) -> Volume:
     first = slices[0]
     _check_plane(first)  # the others are compared with it below
     for item in slices[1:]:
@@ -259,6 +293,9 @@ def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
             "(several acquisitions or echoes in one series?)"
         )
     spacing = float(np.median(gaps))
+    gap_problem = spacing_problem([spacing], "the slice spacing", 1)
+    if gap_problem:
+        raise InconsistentSizeError(gap_problem)
     if np.max(gaps) > GAP_FACTOR * spacing:
         where = int(np.argmax(gaps))
         missing = round(float(gaps[where]) / spacing) - 1
@@ -273,6 +310,12 @@ def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
             "a regular grid is required"
         )
     _check_tilt(slices, normal, spacing, min(first.pixel_spacing))
+    too_large = budget.problem(
+        (len(slices), first.rows, first.columns),
+        (spacing, first.pixel_spacing[0], first.pixel_spacing[1]),
+    )
+    if too_large:
+        raise VolumeTooLargeError(too_large)
     # Decode one slice before allocating: a header may declare any size (65535 x 65535) over
     # a few bytes of pixel data, and allocating that first kills the worker with MemoryError.
     first_pixels = first.pixels()
@@ -303,17 +346,14 @@ def _stack(slices: list[_Slice], images: list[Dataset]) -> Volume:
 
 
 def _check_plane(item: _Slice) -> None:
-    """Refuse geometry no grid can be built on: spacing <= 0, orientation not two unit vectors
-    at right angles (both would pass every later check and give a nonsense volume)."""
-    if min(item.pixel_spacing) <= 0:
-        raise InconsistentSizeError(f"PixelSpacing must be positive, not {item.pixel_spacing} mm")
-    row, column = item.orientation[:3], item.orientation[3:]
-    norms = (float(np.linalg.norm(row)), float(np.linalg.norm(column)))
-    if max(abs(n - 1.0) for n in norms) > 0.01 or abs(float(np.dot(row, column))) > 0.01:
-        raise InconsistentSizeError(
-            "ImageOrientationPatient is not two orthogonal unit vectors: "
-            f"{[round(float(v), 4) for v in item.orientation]}"
-        )
+    """Refuse geometry no grid can be built on: spacing <= 0 or absurd, orientation not two
+    unit vectors at right angles (both would pass every later check and give a nonsense
+    volume, or overflow in resampling)."""
+    problem = spacing_problem(item.pixel_spacing) or orientation_problem(
+        [float(v) for v in item.orientation]
+    )
+    if problem:
+        raise InconsistentSizeError(problem)
 
 
 def _check_tilt(
