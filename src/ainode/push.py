@@ -1,8 +1,16 @@
 """``ainode push``: C-STORE files and folders to a DICOM node with pynetdicom.
 
-Files are scanned once (header only) to learn their SOP classes and transfer syntaxes, so the
-association proposes exactly what will be sent, and each file is then sent as it lies on disk,
-without decoding or re-encoding its pixel data.
+Files are scanned once (header only) to learn their SOP classes and transfer syntaxes. The
+association proposes one presentation context per (SOP class, transfer syntax) found, plus one
+uncompressed context per SOP class: a peer accepting a context for a compressed syntax alone
+tells exactly whether it takes that syntax (one context offering several syntaxes gets one
+chosen, usually an uncompressed one, and the compressed file then has no context to go in).
+A file whose syntax was accepted is sent as it lies on disk, without decoding; one whose syntax
+was refused is decompressed (or inflated) and sent uncompressed.
+
+An association whose peer stops answering (no C-STORE response within ``dimse_timeout_s``) is
+aborted and the rest of its share is sent again on a new one, at most :data:`ATTEMPTS` times:
+a stalled association must not leave a partial series to become "stable" and fail.
 """
 
 from __future__ import annotations
@@ -17,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -30,6 +38,9 @@ MAX_CONTEXTS = 128  # the DICOM limit on presentation contexts per association
 # Parallel associations: while one waits for the peer's C-STORE response, another sends.
 DEFAULT_ASSOCIATIONS = 3
 CALLING_AET = "AINODE_PUSH"
+ATTEMPTS = 3  # associations tried for one share of files, the first included
+DIMSE_TIMEOUT_S = 60.0  # no C-STORE response for this long: the association is stalled
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 Progress = Callable[[int, int], None]
 
@@ -80,15 +91,23 @@ def _scan(paths: Iterable[Path]) -> tuple[list[_File], int]:
 
 
 def _contexts(files: list[_File]) -> list[list[PresentationContext]]:
-    """Presentation contexts, split into as many associations as the 128-context limit needs."""
+    """One context per (SOP class, transfer syntax) and an uncompressed one per SOP class,
+    split into as many associations as the 128-context limit needs (a SOP class's contexts
+    always in the same one)."""
     syntaxes: dict[str, set[str]] = defaultdict(set)
     for f in files:
         syntaxes[f.sop_class].add(f.transfer_syntax)
-    contexts = [
-        build_context(sop, sorted(ts | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
-        for sop, ts in sorted(syntaxes.items())
+    groups = [
+        [build_context(sop, [ts]) for ts in sorted(found - set(UNCOMPRESSED))]
+        + [build_context(sop, list(UNCOMPRESSED))]
+        for sop, found in sorted(syntaxes.items())
     ]
-    return [contexts[i : i + MAX_CONTEXTS] for i in range(0, len(contexts), MAX_CONTEXTS)]
+    chunks: list[list[PresentationContext]] = [[]]
+    for group in groups:
+        if len(chunks[-1]) + len(group) > MAX_CONTEXTS:
+            chunks.append([])
+        chunks[-1].extend(group[:MAX_CONTEXTS])
+    return chunks
 
 
 def _no_delay(assoc: Association) -> None:
@@ -108,27 +127,50 @@ class _Sender:
     calling_aet: str
     total: int
     progress: Progress | None
+    dimse_timeout_s: float = DIMSE_TIMEOUT_S
     report: PushReport = field(default_factory=PushReport)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send_share(self, share: list[_File], contexts: list[PresentationContext]) -> None:
+        """Send ``share``; a stalled or lost association is replaced and the rest re-sent."""
+        remaining = list(share)
+        for attempt in range(1, ATTEMPTS + 1):
+            assoc = self._associate(contexts)
+            if assoc is None:
+                with self.lock:
+                    self.report.failed += len(remaining)
+                raise PushError(
+                    f"{self.called_aet}@{self.host}:{self.port} refused or did not answer "
+                    "the association"
+                )
+            try:
+                while remaining:
+                    ok, failure = _send_one(assoc, remaining[0])
+                    if not ok and not assoc.is_established and attempt < ATTEMPTS:
+                        log.warning(
+                            "association stalled or lost at %s; re-sending %d file(s) on a new one",
+                            remaining[0].path.name,
+                            len(remaining),
+                        )
+                        break  # the file goes again, on the next association
+                    self._record(ok, failure)
+                    remaining.pop(0)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            if not remaining:
+                return
+
+    def _associate(self, contexts: list[PresentationContext]) -> Association | None:
         ae = AE(ae_title=self.calling_aet)
         ae.maximum_pdu_size = 0  # unlimited: the peer's maximum decides
+        ae.dimse_timeout = self.dimse_timeout_s  # then pynetdicom aborts the association
         ae.requested_contexts = contexts
         assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
         if not assoc.is_established:
-            with self.lock:
-                self.report.failed += len(share)
-            raise PushError(
-                f"{self.called_aet}@{self.host}:{self.port} refused or did not answer "
-                "the association"
-            )
+            return None
         _no_delay(assoc)
-        try:
-            for f in share:
-                self._record(*_send_one(assoc, f))
-        finally:
-            assoc.release()
+        return assoc
 
     def _record(self, ok: bool, failure: str) -> None:
         with self.lock:
@@ -150,11 +192,12 @@ def push_paths(
     calling_aet: str = CALLING_AET,
     associations: int = DEFAULT_ASSOCIATIONS,
     progress: Progress | None = None,
+    dimse_timeout_s: float = DIMSE_TIMEOUT_S,
 ) -> PushReport:
     files, skipped = _scan(paths)
     if not files:
         raise PushError("no DICOM files to send")
-    sender = _Sender(host, port, called_aet, calling_aet, len(files), progress)
+    sender = _Sender(host, port, called_aet, calling_aet, len(files), progress, dimse_timeout_s)
     sender.report.skipped = skipped
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=associations) as pool:
@@ -174,9 +217,31 @@ def push_paths(
 def _send_one(assoc: Association, f: _File) -> tuple[bool, str]:
     if not assoc.is_established:
         return False, f"{f.path}: association lost"
-    status = assoc.send_c_store(f.path)
+    accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+    if (f.sop_class, f.transfer_syntax) in accepted:
+        status = assoc.send_c_store(f.path)  # as it lies on disk
+    elif any((f.sop_class, ts) in accepted for ts in UNCOMPRESSED):
+        try:
+            dataset = _uncompressed(f)
+        except Exception as error:  # any decoder's failure: this file fails, the push goes on
+            return False, f"{f.path}: cannot decompress {UID(f.transfer_syntax).name}: {error}"
+        status = assoc.send_c_store(dataset)
+    else:
+        return False, f"{f.path}: the peer accepts SOP class {f.sop_class} in no syntax"
     code = getattr(status, "Status", None)
     if code in (0x0000, 0xB000, 0xB007, 0xB006):  # success and warnings
         return True, ""
     shown = f"0x{code:04X}" if isinstance(code, int) else "no response"
     return False, f"{f.path}: status {shown}"
+
+
+def _uncompressed(f: _File) -> Dataset:
+    """The file's dataset in explicit VR little endian: pixel data decoded, deflate undone."""
+    dataset = dcmread(f.path)
+    syntax = UID(f.transfer_syntax)
+    if syntax.is_compressed:
+        dataset.decompress(generate_instance_uid=False)  # the same instance, decoded
+    else:  # deflated (or big endian, retired): re-encoded as explicit VR little endian
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.set_original_encoding(False, True)
+    return dataset
