@@ -118,8 +118,9 @@ def facts_from_orthanc(
                     attributes.pop(keyword, None)
     attributes["InstanceCount"] = (str(len(instances)),)
 
-    series_uid = _first(attributes, "SeriesInstanceUID")
-    study_uid = _first(attributes, "StudyInstanceUID")
+    # Identifiers as sent, not capped like the values rules see: the job names the real series.
+    series_uid = _uncapped(attributes, "SeriesInstanceUID", main, tags)
+    study_uid = _uncapped(attributes, "StudyInstanceUID", main, study_main, tags)
     if series_uid is None or study_uid is None:
         raise FactsError(
             f"series {series_id}: Orthanc reports no SeriesInstanceUID or StudyInstanceUID"
@@ -178,6 +179,17 @@ def _dicom_attributes(tags: Mapping[str, Any]) -> dict[str, AttributeValues]:
         if values:
             result[keyword] = values
     return result
+
+
+def _uncapped(
+    attributes: Mapping[str, AttributeValues], keyword: str, *sources: Mapping[str, Any]
+) -> str | None:
+    """The first value of ``keyword`` in the first source holding it, before any cap."""
+    for source in sources:
+        values = normalize_value(source.get(keyword))
+        if values:
+            return values[0]
+    return _first(attributes, keyword)
 
 
 def _first(attributes: Mapping[str, AttributeValues], keyword: str) -> str | None:

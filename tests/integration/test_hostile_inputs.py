@@ -7,7 +7,9 @@ outside the data directory, no patient identifier reaches a log, and after the w
 the same Orthanc and worker processes still serve: health is green and a good series gets a
 done job. The volume checks the worker applies to well-formed but unusable series (gaps,
 tilt, mixed orientations...) are the table of ``test_inference_e2e``; this corpus does not
-repeat them.
+repeat them. What the tags Orthanc holds already show to be unusable (pixel format, spacing,
+orientation, size, a result's SOP class) is refused by the plugin before queueing: the series
+is ignored with the reason and never waits for a worker.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +27,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from nodeharness import ONNX_RULES, Node, start_node, write_rules
+from nodeharness import ONNX_RULES, Node, start_node, wait_for, write_rules
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -32,10 +36,13 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    SegmentationStorage,
 )
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 from test_inference_e2e import _phantom
+
+from ainode.phantoms import Geometry, SeriesIds, make_phantom, phantom_datasets
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +51,23 @@ ORTHANC_ID = "0f0f0f0f-0f0f0f0f-0f0f0f0f-0f0f0f0f-0f0f0f0f"  # well-formed, neve
 JOB_ID = "ab" * 16
 OVERSIZE = 17 * 1024 * 1024  # over the plugin's 16 MiB limit
 DEEP = 100_000  # nesting levels: parsing these on Orthanc's HTTP thread crashed Orthanc
+# Backtracks exponentially in Python's re (28 characters took 19 s, 64 take hours): every
+# series of the corpus is evaluated against it, and one test feeds it the worst case.
+REGEX_RULE = """\
+  - name: all-a-ignored
+    action: ignore
+    when:
+      SeriesDescription: {matches: "(a+)+$"}
+"""
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """CT series of 10 or more images -> the fast ONNX demo model, results into Orthanc."""
+    """CT series of 10 or more images -> the fast ONNX demo model, results into Orthanc; before
+    that rule, a pathological regular expression."""
     folder = tmp_path_factory.mktemp("hostile")
-    rules = write_rules(folder / "rules.yaml", ONNX_RULES)
+    text = ONNX_RULES.replace("rules:\n", "rules:\n" + REGEX_RULE, 1)
+    rules = write_rules(folder / "rules.yaml", text)
     started = start_node(folder / "node", routing_rules=rules)
     yield started
     started.stop()
@@ -507,26 +524,93 @@ def _sr_claiming_ct() -> Series:
     return datasets
 
 
+def _bits(bits: int) -> Callable[[], Series]:
+    def build() -> Series:
+        datasets = _phantom(12)
+        for ds in datasets:
+            ds.BitsAllocated = bits
+        return datasets
+
+    return build
+
+
+def _nan_orientation() -> Series:
+    datasets = _phantom(12)
+    for ds in datasets:
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "nan", "0"]
+    return datasets
+
+
+def _nan_position() -> Series:
+    datasets = _phantom(12)
+    datasets[5].ImagePositionPatient = ["0", "nan", "0"]
+    return datasets
+
+
+def _seg_claiming_ct() -> Series:
+    """Segmentation objects (with pixels) relabelled Modality CT: the SOP class tells."""
+    datasets = _phantom(12)
+    for ds in datasets:
+        ds.SOPClassUID = SegmentationStorage
+    return datasets
+
+
+def _rtstruct_claiming_ct() -> Series:
+    datasets = _phantom(12)
+    for ds in datasets:
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"  # RT Structure Set
+    return datasets
+
+
+def _sixty_nine_gib() -> Series:
+    """12 slices of 64 x 64 with 80 mm pixels 250 mm apart: 69 GiB on a model's grid."""
+    geometry = Geometry(shape=(12, 64, 64), spacing=(250.0, 80.0, 80.0))
+    return list(phantom_datasets(make_phantom(geometry, seed=3), SeriesIds()))
+
+
+PLUGIN = ("guard:input",)
+NOT_AN_IMAGE = ("guard:non-image-class",)
+
+
 @dataclass(frozen=True)
 class FailingSeries:
     build: Callable[[], Series]
     expected: str
+    refused_by: tuple[str, ...] = ()  # the plugin's guards that ignore it; () the worker fails it
     transfer_syntax: str = ExplicitVRLittleEndian
 
 
 FAILING_SERIES: dict[str, FailingSeries] = {
-    "huge-rows-columns-short-pixels": FailingSeries(_huge_dimensions, "PixelDataError"),
-    "negative-pixel-spacing": FailingSeries(_spacing("-1.5"), "PixelSpacing must be positive"),
-    "zero-pixel-spacing": FailingSeries(_spacing("0"), "PixelSpacing must be positive"),
-    "no-pixel-data": FailingSeries(_no_pixel_data, "NoImageError"),
-    "zero-rows": FailingSeries(_zero_rows, "Rows"),
-    "bits-allocated-7": FailingSeries(_odd_bits, "PixelDataError"),
-    "rgb-ct": FailingSeries(_colour_ct, "PixelDataError: colour images are not supported"),
-    "zero-orientation-vectors": FailingSeries(
-        _degenerate_orientation, "ImageOrientationPatient is not two orthogonal unit vectors"
+    "huge-rows-columns-short-pixels": FailingSeries(_huge_dimensions, "job_max_voxels", PLUGIN),
+    "negative-pixel-spacing": FailingSeries(
+        _spacing("-1.5"), "PixelSpacing must be positive", PLUGIN
     ),
-    "100000-frames-declared": FailingSeries(_many_frames_declared, "UnsupportedMultiFrameError"),
-    "sr-claiming-ct": FailingSeries(_sr_claiming_ct, "NoImageError"),
+    "zero-pixel-spacing": FailingSeries(_spacing("0"), "PixelSpacing must be positive", PLUGIN),
+    "inf-pixel-spacing": FailingSeries(_spacing("inf"), "must be positive and finite", PLUGIN),
+    "nan-pixel-spacing": FailingSeries(_spacing("nan"), "must be positive and finite", PLUGIN),
+    "1e308-pixel-spacing": FailingSeries(
+        _spacing("1e308"), "not a patient image's spacing", PLUGIN
+    ),
+    "no-pixel-data": FailingSeries(_no_pixel_data, "NoImageError"),
+    "zero-rows": FailingSeries(_zero_rows, "0 Rows", PLUGIN),
+    "bits-allocated-7": FailingSeries(_odd_bits, "BitsAllocated 7 is not a valid", PLUGIN),
+    "ct-bits-allocated-1": FailingSeries(_bits(1), "BitsAllocated 1 is not a valid", PLUGIN),
+    "ct-bits-allocated-64": FailingSeries(_bits(64), "BitsAllocated 64 is not a valid", PLUGIN),
+    "rgb-ct": FailingSeries(_colour_ct, "colour images are not supported", PLUGIN),
+    "zero-orientation-vectors": FailingSeries(
+        _degenerate_orientation,
+        "ImageOrientationPatient is not two orthogonal unit vectors",
+        PLUGIN,
+    ),
+    "nan-orientation": FailingSeries(
+        _nan_orientation, "ImageOrientationPatient must be finite", PLUGIN
+    ),
+    "nan-position": FailingSeries(_nan_position, "ImagePositionPatient must be finite"),
+    "100000-frames-declared": FailingSeries(_many_frames_declared, "job_max_voxels", PLUGIN),
+    "sr-claiming-ct": FailingSeries(_sr_claiming_ct, "structured report", NOT_AN_IMAGE),
+    "seg-claiming-ct": FailingSeries(_seg_claiming_ct, "segmentation", NOT_AN_IMAGE),
+    "rtstruct-claiming-ct": FailingSeries(_rtstruct_claiming_ct, "structure set", NOT_AN_IMAGE),
+    "69-gib-on-a-model-grid": FailingSeries(_sixty_nine_gib, "VolumeTooLargeError"),
 }
 
 
@@ -551,11 +635,85 @@ def failing_series(
 def test_stored_bad_series_fails_its_job_with_the_reason(
     node: Node, failing_series: dict[str, str], name: str
 ) -> None:
+    case = FAILING_SERIES[name]
+    if case.refused_by:  # refused before queueing: ignored with the reason, no job to run
+        decision = node.wait_for_decision(failing_series[name], timeout_s=RUN_TIMEOUT_S)
+        assert (decision["state"], decision["decided_by"]) == ("ignored", case.refused_by[0])
+        assert case.expected in decision["reason"], decision["reason"]
+        assert "\n" not in decision["reason"]
+        return
     job = node.wait_for_run(failing_series[name], timeout_s=RUN_TIMEOUT_S)
     assert job["state"] == "failed", job
-    assert FAILING_SERIES[name].expected in (job["error"] or ""), job["error"]
+    assert case.expected in (job["error"] or ""), job["error"]
     assert "internal error" not in job["error"], "a bad input is not a bug"
+    assert "Traceback" not in job["error"] and "\n" not in job["error"]
     assert job["outputs"] == []
+
+
+def test_seg_relabelled_ct_run_by_hand_never_reaches_the_model(
+    node: Node, failing_series: dict[str, str]
+) -> None:
+    """Asked to run anyway, the worker reads the SOP class too and fails the job."""
+    series_uid = failing_series["seg-claiming-ct"]
+    node.wait_for_decision(series_uid, timeout_s=RUN_TIMEOUT_S)
+    answer = node.post(
+        f"/ai/series/{node.lookup(series_uid)}/run", json={"pipeline": "demo-phantom-onnx"}
+    )
+    if answer.status_code != 200:
+        assert 400 <= answer.status_code < 500 and answer.json().get("error"), answer.text
+        return
+    job = node.wait_for_run(series_uid, timeout_s=RUN_TIMEOUT_S)
+    assert job["state"] == "failed" and "NoImageError" in job["error"], job
+    assert job["outputs"] == []
+
+
+# -- 4b. a rule's regular expression against the worst value ---------------------------------
+
+
+def test_pathological_regex_decides_while_the_node_answers(
+    node: Node, pids: dict[str, int], tmp_path: Path
+) -> None:
+    """``(a+)+$`` against 63 "a" and a "!" (SeriesDescription's 64 characters): the series is
+    decided, and ``/ai/health`` answers throughout (measured, printed; the bound asserted is
+    generous: the old engine took hours)."""
+    health_s: list[float] = []
+    stop = threading.Event()
+
+    def poll_health() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            answer = node.get("/ai/health")
+            assert answer.status_code == 200
+            health_s.append(time.monotonic() - started)
+            stop.wait(0.1)
+
+    poller = threading.Thread(target=poll_health, daemon=True)
+    poller.start()
+    try:
+        worst = _phantom(1, seed=31)[0]
+        worst.SeriesDescription = "a" * 63 + "!"
+        matching = _phantom(1, seed=32)[0]
+        matching.SeriesDescription = "a" * 64
+        assert c_store(node, [file_bytes(worst), file_bytes(matching)], tmp_path).statuses == [0, 0]
+        started = time.monotonic()
+        decision = node.wait_for_decision(str(worst.SeriesInstanceUID), timeout_s=RUN_TIMEOUT_S)
+        answer = node.post(f"/ai/series/{node.lookup(str(worst.SeriesInstanceUID))}/complete")
+        decided_s = time.monotonic() - started
+        assert answer.status_code == 200, answer.text
+        vetoed = node.wait_for_decision(str(matching.SeriesInstanceUID), timeout_s=RUN_TIMEOUT_S)
+        wait_for(lambda: len(health_s) >= 3, 60, 0.2, "three health answers")
+    finally:
+        stop.set()
+        poller.join(90)
+    # The rule was evaluated: it failed on the "!" and held for the all-"a" value.
+    assert decision["decided_by"] == "no-rule-matched", decision
+    assert "all-a-ignored: SeriesDescription" in decision["reason"], decision["reason"]
+    assert (vetoed["state"], vetoed["decided_by"]) == ("ignored", "all-a-ignored"), vetoed
+    print(
+        f"regex case: decided and re-decided in {decided_s:.2f} s; /ai/health worst "
+        f"{max(health_s):.2f} s over {len(health_s)} answers"
+    )
+    assert decided_s < RUN_TIMEOUT_S and max(health_s) < 60, "the node stalled"
 
 
 # -- 5. objects that are no image, and a decompression bomb -----------------------------------

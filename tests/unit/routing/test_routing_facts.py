@@ -126,3 +126,20 @@ def test_malformed_answers_raise_facts_error() -> None:
         facts_from_orthanc(series)  # no study, no instance tags: no study UID
     with pytest.raises(FactsError, match="no instances"):
         fetch_series_facts(lambda uri: {**series, "Instances": []}, series["ID"])
+
+
+def test_values_are_capped_for_rules_but_identifiers_kept_as_sent() -> None:
+    """A UID over the 64 characters of VR UI still names the real series (its job must be
+    found by it); a description over LO's 64 is cut for rules."""
+    long_uid = "1.2." + "3" * 140
+    series = load("ct-series")
+    series["MainDicomTags"] = {
+        **series["MainDicomTags"],
+        "SeriesInstanceUID": long_uid,
+        "SeriesDescription": "a" * 500 + "!",
+    }
+    tags = load("ct-instance-simplified-tags")
+    facts = facts_from_orthanc(series, study=load("study"), instance_tags=tags)
+    assert facts.series_uid == long_uid
+    assert facts.get("SeriesInstanceUID") == (long_uid[:64],)
+    assert facts.get("SeriesDescription") == ("a" * 64,)
