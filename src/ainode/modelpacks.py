@@ -88,7 +88,7 @@ def unpack(source: Path, target: Path) -> None:
         _extract(source, target)
     elif source.is_file():
         target.mkdir(parents=True)
-        shutil.copy2(source, target / ("model.onnx" if source.suffix == ".onnx" else source.name))
+        shutil.copy2(source, target / source.name)
     else:
         raise PackError(f"{source} is neither a folder, a zip nor a file")
 
