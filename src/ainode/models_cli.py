@@ -44,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "add",
         help="install an nnU-Net results folder or zip, TotalSegmentator weights, or an ONNX file",
     )
-    add.add_argument("path", type=Path)
+    add.add_argument(
+        "path", type=Path, nargs="+", help="one pack, or the parts of one (TotalSegmentator's zips)"
+    )
     add.add_argument("--id", help="the model's id (default: from the pack)")
     add.add_argument("--labels", type=Path, help="ONNX: labels file, {1: liver, 2: spleen}")
     add.add_argument(
@@ -113,15 +115,18 @@ def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
     except (RegistryError, OSError) as error:
         _out(str(error))
         return 2
-    source: Path = args.path.expanduser()
-    if not source.exists():
-        _out(f"{source} does not exist")
-        return 2
+    sources: list[Path] = [path.expanduser() for path in args.path]
+    for source in sources:
+        if not source.exists():
+            _out(f"{source} does not exist")
+            return 2
+    shown = ", ".join(map(str, sources))
     root = registry.models_root
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".adding-") as staging:
         try:
-            unpack(source, Path(staging) / "pack")
+            for index, source in enumerate(sources):  # parts side by side, found by name
+                unpack(source, Path(staging) / "pack" / str(index))
             pack = inspect(Path(staging) / "pack", args.labels, args.configuration)
             model_id = args.id or pack.suggested_id()
             _check_new(registry, model_id)
@@ -129,7 +134,7 @@ def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
             only = [n.strip() for n in args.only.split(",")] if args.only else None
             plan = registry_entry(pack, model_id, weights, version=args.version, only=only)
         except PackError as error:
-            _out(f"cannot install {source}: {error}")
+            _out(f"cannot install {shown}: {error}")
             return 2
     original = Path(settings.models_registry).read_text(encoding="utf-8")
     try:

@@ -143,3 +143,19 @@ def test_entries_are_appended_keeping_comments_and_only_when_valid(tmp_path: Pat
     assert registry.read_text() == before
     assert [p.name for p in tmp_path.glob("*.yaml")] == ["models.yaml"]
     assert yaml.safe_load(before)["models"][-1]["id"] == "liver"
+
+
+def test_the_parts_of_total_as_separate_zips_are_one_task(tmp_path: Path) -> None:
+    """TotalSegmentator publishes each part as a zip of its dataset folder."""
+    zips = []
+    for dataset in totalsegmentator_tasks()["total"]:
+        _model(tmp_path / "released" / dataset, dataset, {"a": 1})
+        archive = tmp_path / f"{dataset}.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for file in (tmp_path / "released" / dataset).rglob("*"):
+                zipped.write(file, file.relative_to(tmp_path / "released" / dataset))
+        zips.append(archive)
+    for index, archive in enumerate(zips):
+        unpack(archive, tmp_path / "pack" / str(index))
+    pack = inspect(tmp_path / "pack")
+    assert (pack.kind, pack.task, len(pack.model_folders)) == ("totalsegmentator", "total", 5)
