@@ -3,7 +3,7 @@ VENV ?= .venv
 export AINODE_VENV := $(VENV)
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test up test lint unit lock clean
+.PHONY: setup setup-test up test lint unit lock clean gpu-check
 
 setup:
 	scripts/bootstrap.sh
@@ -26,6 +26,11 @@ lint:
 
 unit: setup-test
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+## On a CUDA machine: the tests marked cuda and `ainode bench --full`, into bench/RESULTS-gpu.md.
+## Without a GPU it says so and exits 0.
+gpu-check: setup-test
+	scripts/gpu_check.sh
 
 ## Re-pin the Python environment after changing pyproject.toml's dependencies.
 lock:

@@ -25,13 +25,18 @@ RUN apt-get update \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/ainode
 
-# Dependencies first (the large layer: torch and CUDA libraries), from the lock only, so a code
-# change does not reinstall them. Same steps as scripts/bootstrap.sh.
-COPY requirements.lock ./
+# Dependencies first (the large layer: torch and CUDA libraries), from the locks only, so a code
+# change does not reinstall them. As scripts/bootstrap.sh, except that ONNX Runtime is
+# onnxruntime-gpu (requirements-gpu.lock) instead of the CPU package: the two must not be
+# installed together (same module), so the CPU line is left out of the lock.
+COPY requirements.lock requirements-gpu.lock ./
 RUN python3.11 -m venv /opt/ainode/venv \
  && venv/bin/pip install -q -U "pip>=24" setuptools wheel \
- && venv/bin/pip install -q -r requirements.lock \
- && SAM2_BUILD_CUDA=0 venv/bin/pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
+ && grep -v -E '^onnxruntime==' requirements.lock > /tmp/cpu-less.lock \
+ && venv/bin/pip install -q -r /tmp/cpu-less.lock -r requirements-gpu.lock \
+ && ! venv/bin/pip show -q onnxruntime 2>/dev/null \
+ && SAM2_BUILD_CUDA=0 venv/bin/pip install -q --no-build-isolation --no-deps "sam2==1.1.0" \
+ && venv/bin/pip install -q --no-deps "TotalSegmentator==2.18.0"
 
 COPY pyproject.toml README.md ./
 COPY src ./src
@@ -53,5 +58,7 @@ ENV PATH=/opt/ainode/venv/bin:$PATH \
     HOME=/var/lib/ainode
 WORKDIR /opt/ainode
 USER ainode
+# A GPU worker: without usable CUDA it refuses the ainode.gpu.* queues and says why (/ai/health).
+ENV AINODE_WORKER_DEVICE=cuda
 # The CUDA image's entry point prints its banner and runs this command.
 CMD ["python", "docker/entrypoint.py", "worker"]

@@ -76,5 +76,7 @@ echo "bootstrap: installing Python packages into $VENV (first time: several minu
 # sam2 ships as a source archive; building it in isolation would download another torch.
 SAM2_BUILD_CUDA=0 "$VENV/bin/pip" install -q --disable-pip-version-check \
   --no-build-isolation --no-deps "sam2==1.1.0"
+# TotalSegmentator: only its task and label tables are used, which import nothing (pyproject.toml).
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "TotalSegmentator==2.18.0"
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
 echo "$want" > "$stamp"

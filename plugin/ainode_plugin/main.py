@@ -19,12 +19,13 @@ from typing import Any
 
 import yaml
 
-from ainode.broker import make_celery, ping_workers
+from ainode.broker import make_celery
 from ainode.inputcheck import VolumeBudget
 from ainode.node.health import probe_redis
 from ainode.registry import Registry, RegistryError, load_registry
 from ainode.routing import KnownDestinations, RulesWatcher, Trigger
 from ainode.settings import Settings
+from ainode.worker_runtime import WorkerRuntime, worker_runtimes
 from ainode_plugin.dispatcher import Dispatcher, RetryPolicy, celery_sender
 from ainode_plugin.http import Request, Response, Router
 from ainode_plugin.interactive_routes import add_interactive_routes
@@ -78,7 +79,7 @@ class NodePlugin:
         self.settings = settings
         self.celery = make_celery(settings)
         self.router = Router()
-        self._worker_ping: tuple[float, list[str]] = (0.0, [])
+        self._worker_ping: tuple[float, dict[str, WorkerRuntime | None]] = (0.0, {})
         self._ping_lock = threading.Lock()
         self.registry = _load_registry(settings)
         self.store = JobStore.in_data_dir(settings.data_dir)
@@ -118,16 +119,21 @@ class NodePlugin:
 
     def workers(self) -> list[str]:
         """Workers answering Celery pings, cached briefly so health polls stay cheap."""
+        return list(self.worker_runtimes())
+
+    def worker_runtimes(self) -> dict[str, WorkerRuntime | None]:
+        """Each answering worker's devices and queues (the runtime broadcast is the ping)."""
         with self._ping_lock:
-            checked_at, names = self._worker_ping
+            checked_at, found = self._worker_ping
             if time.monotonic() - checked_at > WORKER_PING_CACHE_S:
-                names = ping_workers(self.celery, timeout_s=0.5)
-                self._worker_ping = (time.monotonic(), names)
-            return names
+                found = worker_runtimes(self.celery, timeout_s=0.5)
+                self._worker_ping = (time.monotonic(), found)
+            return found
 
     def health(self, request: Request) -> Response:
         broker_error = probe_redis(self.settings.broker_url)
-        workers = self.workers() if broker_error is None else []
+        runtimes = self.worker_runtimes() if broker_error is None else {}
+        workers = list(runtimes)
         return Response.json(
             {
                 "version": node_version(),
@@ -140,6 +146,10 @@ class NodePlugin:
                     "healthy": bool(workers),
                     "detail": ", ".join(workers) if workers else "no worker answered",
                     "workers": workers,
+                    "runtime": {
+                        name: None if runtime is None else runtime.model_dump(mode="json")
+                        for name, runtime in runtimes.items()
+                    },
                 },
             }
         )

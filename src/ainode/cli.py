@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 from pydantic import ValidationError
 
+from ainode import models_cli
 from ainode.credentials import orthanc_auth, read_credentials
 from ainode.node.commands import worker_argv
 from ainode.node.health import collect_status
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3600.0, help="seconds allowed per benchmark"
     )
     bench.set_defaults(func=cmd_bench)
+
+    models_cli.add_parser(sub)
 
     creds = sub.add_parser("creds", help="print the generated user:password")
     creds.set_defaults(func=cmd_creds)

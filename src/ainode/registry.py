@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ainode.settings import REPO_ROOT
+from ainode.totalseg_tasks import TotalSegmentatorTablesMissing, totalsegmentator_tasks
 
 DEFAULT_MODELS_ROOT = REPO_ROOT / "sample-data" / "models"
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -279,36 +280,6 @@ class UnknownModelError(KeyError):
         return f"no model or cascade called {self.name!r}; known: {', '.join(self.known)}"
 
 
-# TotalSegmentator (v2) tasks -> the nnU-Net dataset folders holding their weights, in the order
-# their outputs are merged. Folder names as published with TotalSegmentator's weights.
-TOTALSEGMENTATOR_TASKS: dict[str, tuple[str, ...]] = {
-    "total": (
-        "Dataset291_TotalSegmentator_part1_organs_1559subj",
-        "Dataset292_TotalSegmentator_part2_vertebrae_1532subj",
-        "Dataset293_TotalSegmentator_part3_cardiac_1559subj",
-        "Dataset294_TotalSegmentator_part4_muscles_1559subj",
-        "Dataset295_TotalSegmentator_part5_ribs_1559subj",
-    ),
-    "total_fast": ("Dataset297_TotalSegmentator_total_3mm_1559subj",),
-    "total_fastest": ("Dataset298_TotalSegmentator_total_6mm_1559subj",),
-    "total_mr": (
-        "Dataset850_TotalSegMRI_part1_organs_1088subj",
-        "Dataset851_TotalSegMRI_part2_muscles_1088subj",
-    ),
-    "body": ("Dataset299_body_1559subj",),
-    "body_fast": ("Dataset300_body_6mm_1559subj",),
-    "lung_vessels": ("Dataset258_lung_vessels_248subj",),
-    "hip_implant": ("Dataset260_hip_implant_71subj",),
-    "cerebral_bleed": ("Dataset150_icb_v0",),
-    "pleural_pericard_effusion": ("Dataset315_thoraxCT",),
-    "liver_vessels": ("Dataset008_HepaticVessel",),
-    "kidney_cysts": ("Dataset789_kidney_cyst_501subj",),
-    "lung_nodules": ("Dataset913_lung_nodules",),
-    "head_glands_cavities": ("Dataset775_head_glands_cavities_492subj",),
-    "headneck_bones_vessels": ("Dataset776_headneck_bones_vessels_492subj",),
-}
-
-
 def totalsegmentator_results_dir(weights: Path) -> Path:
     """TotalSegmentator keeps weights in ``<home>/nnunet/results``; accept either folder."""
     nested = weights / "nnunet" / "results"
@@ -332,13 +303,18 @@ def nnunet_model_folder(path: Path) -> Path:
 
 
 def totalsegmentator_folders(weights: Path, task: str) -> list[Path]:
-    """The nnU-Net model folders of a TotalSegmentator task (raise FileNotFoundError if absent)."""
-    if task not in TOTALSEGMENTATOR_TASKS:
-        raise FileNotFoundError(
-            f"unknown TotalSegmentator task {task!r}; known: {', '.join(TOTALSEGMENTATOR_TASKS)}"
-        )
+    """The nnU-Net model folders of a TotalSegmentator task (raise FileNotFoundError if absent).
+
+    The task's folders are TotalSegmentator's own (:mod:`ainode.totalseg_tasks`)."""
+    try:
+        tasks = totalsegmentator_tasks()
+    except TotalSegmentatorTablesMissing as error:
+        raise FileNotFoundError(str(error)) from error
+    if task not in tasks:
+        known = ", ".join(tasks)
+        raise FileNotFoundError(f"unknown TotalSegmentator task {task!r}; known: {known}")
     results = totalsegmentator_results_dir(weights)
-    return [nnunet_model_folder(results / name) for name in TOTALSEGMENTATOR_TASKS[task]]
+    return [nnunet_model_folder(results / name) for name in tasks[task]]
 
 
 class Registry:

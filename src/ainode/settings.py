@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     worker_queues: list[str] = Field(
         default_factory=every_queue_name, description="Celery queues the local worker consumes"
     )
+    worker_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description=(
+            "auto: CUDA when usable, else CPU; cpu: never the GPU; cuda: a GPU worker, which "
+            "refuses the ainode.gpu.* queues (saying why) when it finds no usable CUDA."
+        ),
+    )
     model_cache_ttl_s: float = Field(
         default=1800.0, ge=0, description="A worker unloads a model unused this long; 0: never."
     )

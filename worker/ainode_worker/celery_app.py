@@ -11,6 +11,7 @@ import logging
 
 from ainode.broker import make_celery
 from ainode.settings import Settings
+from ainode_worker import runtime
 
 settings = Settings()
 logging.basicConfig(
@@ -18,3 +19,4 @@ logging.basicConfig(
 )
 app = make_celery(settings)
 app.conf.include = ["ainode_worker.tasks"]
+runtime.install(app, settings)  # reports devices; GPU queues only with usable CUDA

@@ -11,6 +11,7 @@ import requests
 from ainode.broker import make_celery, ping_workers
 from ainode.credentials import orthanc_auth
 from ainode.settings import Settings, redact_url
+from ainode.worker_runtime import worker_runtimes
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,15 @@ def collect_status(settings: Settings) -> NodeStatus:
     )
     record("plugin", probe_http(f"{settings.orthanc_base_url}/ai/health", auth), "loaded")
     if status.parts["redis"].healthy:
-        reason = probe_worker(settings)
-        record("worker", reason, "answers Celery pings")
+        runtimes = worker_runtimes(make_celery(settings))
+        record(
+            "worker",
+            None if runtimes else "no worker answered a Celery ping",
+            "; ".join(
+                f"{name}: {runtime.summary() if runtime else 'answers'}"
+                for name, runtime in runtimes.items()
+            ),
+        )
     else:
         record("worker", "unknown: the broker is down", "")
     if settings.interactive_enabled:

@@ -104,3 +104,19 @@ def test_missing_onnx_file_is_a_clear_error(registry: Registry, tmp_path: Path) 
     with pytest.raises(WeightsMissingError, match=r"none\.onnx"):
         OnnxBackend().load(spec, torch.device("cpu"))
     assert InferenceParams().tile_step_size == 0.5
+
+
+def test_a_gpu_worker_without_onnx_cuda_says_onnx_runs_on_the_cpu(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import onnxruntime as ort
+    import torch
+    from ainode_worker.inference.onnxrt import choose_providers
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA provider")
+    with caplog.at_level(logging.WARNING, logger="ainode_worker.inference.onnxrt"):
+        providers = choose_providers(torch.device("cuda"))  # a name: no GPU is touched
+    assert providers == ["CPUExecutionProvider"]
+    assert "ONNX models run on the CPU" in caplog.text
+    assert "onnxruntime-gpu" in caplog.text

@@ -12,7 +12,8 @@ from ainode_worker.inference import BackendCache, WeightsMissingError, run_pipel
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Phantom
-from ainode.registry import TOTALSEGMENTATOR_TASKS, load_registry
+from ainode.registry import load_registry
+from ainode.totalseg_tasks import totalsegmentator_tasks
 
 from .helpers import dice
 
@@ -52,7 +53,7 @@ def test_task_runs_from_totalsegmentator_layout_with_labels_matched_by_name(
     for variable in ("TOTALSEG_HOME_DIR", "TOTALSEG_WEIGHTS_PATH"):
         monkeypatch.setenv(variable, "unset")  # the backend sets them; undone after the test
     (tmp_path / "models.yaml").write_text(REGISTRY.format(task="lung_vessels"))
-    _place(demo_model_folder, tmp_path / "models", TOTALSEGMENTATOR_TASKS["lung_vessels"][0])
+    _place(demo_model_folder, tmp_path / "models", totalsegmentator_tasks()["lung_vessels"][0])
     registry = load_registry(tmp_path / "models.yaml", models_root=tmp_path / "models")
     assert registry.check("ts-lung_vessels").available
     data_dir = tmp_path / "node-data"
@@ -78,7 +79,7 @@ def test_missing_part_of_a_task_names_the_folder(
     for variable in ("TOTALSEG_HOME_DIR", "TOTALSEG_WEIGHTS_PATH"):
         monkeypatch.setenv(variable, "unset")  # the backend sets them; undone after the test
     (tmp_path / "models.yaml").write_text(REGISTRY.format(task="total"))
-    parts = TOTALSEGMENTATOR_TASKS["total"]
+    parts = totalsegmentator_tasks()["total"]
     _place(demo_model_folder, tmp_path / "models", parts[0])
     registry = load_registry(tmp_path / "models.yaml", models_root=tmp_path / "models")
     state = registry.check("ts-total")

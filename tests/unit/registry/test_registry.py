@@ -9,7 +9,6 @@ import pytest
 
 from ainode.registry import (
     DEFAULT_MODELS_ROOT,
-    TOTALSEGMENTATOR_TASKS,
     InferenceParams,
     ModelKind,
     RegistryError,
@@ -17,6 +16,7 @@ from ainode.registry import (
     load_registry,
 )
 from ainode.settings import REPO_ROOT
+from ainode.totalseg_tasks import totalsegmentator_tasks
 
 LABEL = """\
       - value: 1
@@ -207,7 +207,7 @@ def test_availability_names_the_paths_it_looked_at(tmp_path: Path) -> None:
     _nnunet_folder(root / "present-weights")
     _nnunet_folder(root / "nested-weights" / "nnUNetTrainer__nnUNetPlans__3d_fullres")
     _nnunet_folder(root / "nofold-weights", folds=(0,))
-    dataset = TOTALSEGMENTATOR_TASKS["lung_vessels"][0]
+    dataset = totalsegmentator_tasks()["lung_vessels"][0]
     _nnunet_folder(
         root
         / "ts-weights"

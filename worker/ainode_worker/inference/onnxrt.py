@@ -32,6 +32,12 @@ def choose_providers(device: torch.device) -> list[str]:
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
+    elif device.type == "cuda":
+        log.warning(
+            "the worker has a GPU but ONNX Runtime offers only %s: ONNX models run on the CPU "
+            "(install onnxruntime-gpu instead of onnxruntime)",
+            available,
+        )
     log.info("ONNX providers available: %s; using: %s", available, providers)
     return providers
 
@@ -61,7 +67,15 @@ class OnnxBackend:
             session = ort.InferenceSession(spec.weights, providers=self.providers)
         except (RuntimeError, ValueError) as error:  # ORT raises its own RuntimeError subclasses
             raise ModelLoadError(f"ONNX model {spec.weights} does not load: {error}") from error
+        wanted = self.providers[0]
         self.providers = list(session.get_providers())
+        if self.providers[0] != wanted:  # e.g. the CUDA provider failed to load its libraries
+            log.warning(
+                "ONNX model %s asked for %s but runs on %s (ONNX Runtime fell back)",
+                spec.id,
+                wanted,
+                self.providers[0],
+            )
         log.info("ONNX model %s runs on %s", spec.id, self.providers[0])
         model_input = session.get_inputs()[0]
         shape = list(model_input.shape)

@@ -39,7 +39,7 @@ from ainode.registry import (
 from ainode.settings import Settings
 from ainode_worker.inference.backend import Backend, create_backend
 from ainode_worker.inference.cascade import bounding_box, keep_overlapping, paste, selected
-from ainode_worker.inference.device import DevicePolicy
+from ainode_worker.inference.device import DevicePolicy, GpuInfo, cuda_probe
 from ainode_worker.inference.errors import InputMismatchError, ParamsError, WeightsMissingError
 from ainode_worker.inference.postprocess import postprocess
 from ainode_worker.inference.prediction import Prediction, label_dtype
@@ -204,8 +204,14 @@ def cache_from_settings(settings: Settings) -> BackendCache:
             memory_wait_s=settings.gpu_memory_wait_s,
             jobs_per_gpu=settings.gpu_jobs_per_device,
             lock_dir=settings.data_dir / "locks",
+            probe=_no_gpu if settings.worker_device == "cpu" else cuda_probe,
         ),
     )
+
+
+def _no_gpu() -> GpuInfo | None:
+    """The probe of a worker told to keep off the GPU (``worker_device: cpu``)."""
+    return None
 
 
 def run_pipeline(

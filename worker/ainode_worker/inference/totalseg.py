@@ -1,9 +1,12 @@
-"""TotalSegmentator tasks, run as the nnU-Net models they are (no TotalSegmentator package).
+"""TotalSegmentator tasks, run as the nnU-Net models they are (TotalSegmentator's tables only).
 
 A task (e.g. ``total``) maps to one or more nnU-Net dataset folders in TotalSegmentator's
 weights layout (``<weights>/nnunet/results/Dataset291_.../<Trainer>__<Plans>__3d_fullres``).
-Registry labels are matched to each part's dataset.json by name, so a registry entry may keep
-only the structures a site wants, with its own label values.
+Registry labels are matched by name to each part's labels (a part of a multi-part task named as
+in TotalSegmentator's part table, as TotalSegmentator merges them; another model as in its
+dataset.json), so a registry entry may keep only the structures a site wants, with its own label
+values. Each part runs on the whole volume at its own plans' spacing (nnU-Net resamples in and
+out), so the 3 mm fast model needs no resampling of its own.
 
 Privacy: TotalSegmentator, if ever imported in this process, sends usage statistics unless its
 config says otherwise; ``load`` writes ``send_usage_stats: false`` into a home folder inside the
@@ -28,6 +31,7 @@ from ainode.registry import (
     totalsegmentator_folders,
     totalsegmentator_results_dir,
 )
+from ainode.totalseg_tasks import part_label_names
 from ainode_worker.inference.errors import ModelLoadError, WeightsMissingError
 from ainode_worker.inference.nnunet import NnUNetPredictorModel
 from ainode_worker.inference.prediction import Prediction, label_dtype
@@ -54,6 +58,15 @@ def disable_usage_statistics(home: Path, weights: Path | None = None) -> Path:
     if weights is not None:
         os.environ["TOTALSEG_WEIGHTS_PATH"] = str(totalsegmentator_results_dir(weights))
     return config_file
+
+
+def _part_names(folder: Path, dataset_names: dict[str, int]) -> dict[str, int]:
+    """Label name -> value of one model of a task: a part of a multi-part task is read with
+    TotalSegmentator's own part table (how it merges parts), any other with its dataset.json."""
+    part = part_label_names(folder.parent.name)
+    if part is None:
+        return dataset_names
+    return {name: value for value, name in part.items()}
 
 
 class TotalSegmentatorBackend:
@@ -87,12 +100,13 @@ class TotalSegmentatorBackend:
                 device,
                 spec.defaults.tile_step_size,
             )
+            names = _part_names(folder, model.label_names)
             mapping = {
                 value: wanted[name.lower()]
-                for name, value in model.label_names.items()
+                for name, value in names.items()
                 if name.lower() in wanted and value > 0
             }
-            found.update(name.lower() for name in model.label_names if name.lower() in wanted)
+            found.update(name.lower() for name in names if name.lower() in wanted)
             if mapping:
                 self._parts.append((model, mapping))
             else:
