@@ -178,7 +178,7 @@ def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(page: Page, u
     scroll_to_middle_slice(page, viewport, ui.segmented.phantom.geometry.shape[0])
     before = wait_for(lambda: stable_screenshot(viewport), 10, 0.5, "a viewport screenshot")
 
-    seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="AI: Demo phantom")
+    seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG demo-phantom")
     expect(seg).to_have_count(1)
     seg.dblclick()
     page.get_by_role("button", name="Yes").click()  # "Do you want to open this Segmentation?"

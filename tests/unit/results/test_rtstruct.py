@@ -65,7 +65,7 @@ def test_structure_set_content(oblique_case: Case) -> None:
     ds = write_rtstruct(case.truth, case.sources, case.labels, case.provenance)
     source = case.sources[0]
     assert ds.Modality == "RTSTRUCT"
-    assert ds.SeriesDescription == "AI: Abdomen nnU-Net (ct-abdomen)"
+    assert ds.SeriesDescription == "RTSS abdomen-v1 (ct-abdomen)"
     assert ds.StudyInstanceUID == source.StudyInstanceUID
     assert ds.PatientID == source.PatientID
     assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
