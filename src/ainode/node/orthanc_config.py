@@ -172,8 +172,9 @@ def render_ohif_app_config(config: dict[str, Any]) -> str:
                     "qidoRoot": root,
                     "wadoRoot": root,
                     "wadoUriRoot": wado_uri,
-                    # Orthanc's DICOMweb plugin: no includefield=all, exact matching only.
-                    "qidoSupportsIncludeField": False,
+                    # Orthanc's DICOMweb plugin answers includefield=<tags> (it returns
+                    # StudyDescription only when asked); exact matching only.
+                    "qidoSupportsIncludeField": True,
                     "supportsReject": False,
                     "supportsFuzzyMatching": False,
                     "supportsWildcard": True,
