@@ -26,6 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = REPO_ROOT / "test-output"
+VIEWPORT = {"width": 1366, "height": 768}  # the commonest laptop screen a reader has
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +48,7 @@ def new_page(
 
     def open_page(credentials: tuple[str, str] | None) -> Page:
         context = chromium.new_context(
-            viewport={"width": 1400, "height": 900},
+            viewport=VIEWPORT,
             http_credentials=(
                 {"username": credentials[0], "password": credentials[1]} if credentials else None
             ),
