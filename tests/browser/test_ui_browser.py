@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pytest
+from dicom_readers import read_seg_numbers_with_dcmqi, sort_by_position
 from nodeharness import Node, start_node, wait_for, write_rules
 from numpy.typing import NDArray
 from PIL import Image
@@ -402,3 +404,31 @@ def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
         count=int(np.prod(shape)),
     )
     return bits.reshape(shape).astype(bool)
+
+
+# -- every SEG the node stored, read by a second reader ----------------------------------------
+
+
+def test_every_stored_seg_reads_the_same_in_dcmqi_and_highdicom(ui: UiNode, tmp_path: Path) -> None:
+    """The pipelines' SEGs and the interactive page's accepted SEG (when that test ran first):
+    dcmqi, the reader 3D Slicer uses, places every voxel where highdicom does."""
+    segs = [s for s in ui.node.json("/series?expand") if s["MainDicomTags"]["Modality"] == "SEG"]
+    assert segs, "the node stored no SEG"
+    for number, series in enumerate(segs):
+        path = tmp_path / f"seg{number}.dcm"
+        ui.node.instance(series["Instances"][0]).save_as(path)
+        seg = hd.seg.segread(path)
+        source_uid = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        sources = sort_by_position(
+            [
+                ui.node.instance(instance)
+                for instance in ui.node.json(f"/series/{ui.node.lookup(source_uid)}")["Instances"]
+            ]
+        )
+        uids = [str(ds.SOPInstanceUID) for ds in sources]
+        by_highdicom = seg.get_pixels_by_source_instance(
+            uids, combine_segments=True, assert_missing_frames_are_empty=True
+        )
+        by_dcmqi = read_seg_numbers_with_dcmqi(path, sources, tmp_path / f"dcmqi{number}")
+        assert by_dcmqi.any(), series["MainDicomTags"].get("SeriesDescription")
+        assert np.array_equal(by_dcmqi, by_highdicom), series["MainDicomTags"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from ainode_worker.results import Provenance
+from dicom_readers import sort_by_position
 from pydicom import Dataset
 
 from ainode.phantoms import BOX, SPHERE, Geometry, Phantom, SeriesIds, make_phantom, write_series
@@ -78,14 +79,6 @@ def oblique_geometry() -> Geometry:
         row_direction=(float(row[0]), float(row[1]), float(row[2])),
         column_direction=(float(col[0]), float(col[1]), float(col[2])),
     )
-
-
-def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
-    def along_normal(ds: Dataset) -> float:
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, float)))
-
-    return sorted(datasets, key=along_normal)
 
 
 def ge_gap_geometry() -> Geometry:
