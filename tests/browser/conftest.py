@@ -66,3 +66,15 @@ def new_page(
             page.screenshot(path=str(path), full_page=True)
             print(f"screenshot: {path}")
         context.close()
+
+
+@pytest.fixture
+def snapshot(request: pytest.FixtureRequest) -> Callable[[Page, str], None]:
+    """Save what the page shows now as ``test-output/<test name>-<step>.png``: a step a person
+    wants to see that the end-of-test screenshot no longer shows."""
+
+    def take(page: Page, step: str) -> None:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}-{step}.png"))
+
+    return take

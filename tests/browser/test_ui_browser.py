@@ -179,12 +179,15 @@ def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
 # -- OHIF ---------------------------------------------------------------------------------
 
 
-def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(page: Page, ui: UiNode) -> None:
+def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(
+    page: Page, ui: UiNode, snapshot: Callable[[Page, str], None]
+) -> None:
     page.goto(f"{ui.node.url}/ohif/")
     page.get_by_text("Confirm and hide").click()  # OHIF's "investigational use" banner
     # the study list shows descriptions: OHIF asks Orthanc for them with includefield
     expect(page.get_by_text("Abdomen phantom").first).to_be_visible()
     expect(page.get_by_text("Failing phantom").first).to_be_visible()
+    snapshot(page, "study-list")
     page.get_by_text(ui.segmented.ids.accession_number).first.click()  # study list row
     page.get_by_role("button", name="Basic Viewer").click()
     page.get_by_text("Skip all").click()  # OHIF's first-visit tour
@@ -301,7 +304,9 @@ def test_explorer_offers_no_run_ai_on_a_result_series(page: Page, ui: UiNode) ->
 # -- interactive segmentation -------------------------------------------------------------
 
 
-def test_interactive_picker_lists_series_a_person_can_tell_apart(page: Page, ui: UiNode) -> None:
+def test_interactive_picker_lists_series_a_person_can_tell_apart(
+    page: Page, ui: UiNode, snapshot: Callable[[Page, str], None]
+) -> None:
     page.goto(f"{ui.node.url}/ai/ui/interactive.html")
     listed = page.locator("#series-list tbody tr[data-series]")
     segmented = page.locator(f"#series-list tr[data-series='{ui.segmented.series_id}']")
@@ -314,6 +319,7 @@ def test_interactive_picker_lists_series_a_person_can_tell_apart(page: Page, ui:
     for row in listed.all():
         expect(row.locator("td").nth(4)).not_to_have_text("SEG")
     _shows_no_patient_attribute(page.locator("main"))
+    snapshot(page, "list")
     segmented.locator("a").click()
     expect(page.locator("#series-title")).to_contain_text(
         "#3 Phantom CT · CT · 24 images · 2026-01-01 · Abdomen phantom"
