@@ -20,6 +20,26 @@ from skimage.draw import polygon as fill_polygon
 from ainode.registry import LabelSpec
 
 # Readers and validators.
+# Attributes a result may repeat from its source: who and which study, the frame of reference,
+# the image matrix (the result is on the source grid) and values that merely coincide.
+COPIED_ON_PURPOSE = {
+    *("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"),
+    *("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"),
+    *("StudyDescription", "SpecificCharacterSet", "FrameOfReferenceUID"),
+    *("PositionReferenceIndicator", "Rows", "Columns"),
+    *("InstanceNumber", "SamplesPerPixel", "PhotometricInterpretation", "PixelRepresentation"),
+}
+
+
+def attributes_equal_to_source(result: Dataset, source: Dataset) -> set[str]:
+    """Top-level attributes of ``result`` whose value is the source's own."""
+    return {
+        element.keyword
+        for element in result
+        if element.VR != "SQ"
+        and element.keyword in source
+        and source[element.keyword].value == element.value
+    }
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

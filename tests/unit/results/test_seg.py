@@ -22,7 +22,14 @@ from ainode.phantoms import Geometry
 from ainode.registry import Code, LabelSpec
 
 from .cases import ANATOMY, Case, make_case
-from .readers import Grid, dciodvfy_errors, read_seg_with_dcmqi, read_seg_with_pydicom
+from .readers import (
+    COPIED_ON_PURPOSE,
+    Grid,
+    attributes_equal_to_source,
+    dciodvfy_errors,
+    read_seg_with_dcmqi,
+    read_seg_with_pydicom,
+)
 
 
 def _write(
@@ -328,3 +335,21 @@ def test_bad_inputs_raise_clear_errors(axial_case: Case) -> None:
             kind=OutputKind.SEG_FRACTIONAL,
             probabilities=np.full((3, *case.truth.shape), 1.5, dtype=np.float32),
         )
+
+
+def test_nothing_copied_from_the_source_contradicts_the_result(
+    ge_gap_case: Case, tmp_path: Path
+) -> None:
+    # Checked on the GE-style source, whose own SpacingBetweenSlices is wrong for its frames.
+    case = ge_gap_case
+    source = case.sources[0]
+    seg = pydicom.dcmread(_write(case, tmp_path), stop_before_pixels=True)
+    same = attributes_equal_to_source(seg, source)
+    assert same <= COPIED_ON_PURPOSE, same - COPIED_ON_PURPOSE
+    assert "SpacingBetweenSlices" not in seg and "SliceThickness" not in seg  # only per frame
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert list(measures.PixelSpacing) == list(source.PixelSpacing)
+    assert float(measures.SpacingBetweenSlices) != float(source.SpacingBetweenSlices)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert list(orientation.ImageOrientationPatient) == list(source.ImageOrientationPatient)
+    assert seg.ContentCreatorName == "AINODE^"
