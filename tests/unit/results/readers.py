@@ -19,7 +19,6 @@ from skimage.draw import polygon as fill_polygon
 
 from ainode.registry import LabelSpec
 
-# Readers and validators.
 # Attributes a result may repeat from its source: who and which study, the frame of reference,
 # the image matrix (the result is on the source grid) and values that merely coincide.
 COPIED_ON_PURPOSE = {
@@ -40,6 +39,9 @@ def attributes_equal_to_source(result: Dataset, source: Dataset) -> set[str]:
         and element.keyword in source
         and source[element.keyword].value == element.value
     }
+
+
+# Readers and validators.
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
