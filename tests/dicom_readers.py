@@ -68,7 +68,18 @@ def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 def read_seg_numbers_with_dcmqi(path: Path, sources: Sequence[Dataset], folder: Path) -> np.ndarray:
-    """Segment numbers on the source grid, as dcmqi's segimage2itkimage reads the SEG.
+    """Segment numbers on the source grid, as dcmqi reads a BINARY SEG (see below)."""
+    out = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), np.uint16)
+    for number, values in read_segments_with_dcmqi(path, sources, folder).items():
+        out[values > 0] = number
+    return out
+
+
+def read_segments_with_dcmqi(
+    path: Path, sources: Sequence[Dataset], folder: Path
+) -> dict[int, np.ndarray]:
+    """Segment number -> its stored values (1 for BINARY, 0..255 for FRACTIONAL) on the source
+    grid, as dcmqi's segimage2itkimage reads the SEG.
 
     dcmqi builds one volume per segment from the SEG alone (its frame positions and pixel
     measures); each voxel is placed back into the sorted sources by patient position, and must
@@ -93,7 +104,8 @@ def read_seg_numbers_with_dcmqi(path: Path, sources: Sequence[Dataset], folder: 
     )
     meta = json.loads((folder / "seg-meta.json").read_text())
     grid = Grid.of(sources)
-    out = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), np.uint16)
+    shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    segments: dict[int, np.ndarray] = {}
     for index, group in enumerate(meta["segmentAttributes"], start=1):
         assert len(group) == 1
         image = sitk.ReadImage(str(folder / f"seg-{index}.nii.gz"))
@@ -108,5 +120,7 @@ def read_seg_numbers_with_dcmqi(path: Path, sources: Sequence[Dataset], folder: 
         ijk = grid.indices(points)
         rounded = np.rint(ijk).astype(int)
         assert np.abs(ijk - rounded).max() < 0.05, "dcmqi's grid is not the source grid"
-        out[tuple(rounded.T)] = int(group[0]["labelID"])
-    return out
+        values = np.zeros(shape, dtype=array.dtype)
+        values[tuple(rounded.T)] = array[tuple(zyx.T)]
+        segments[int(group[0]["labelID"])] = values
+    return segments

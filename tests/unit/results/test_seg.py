@@ -16,6 +16,7 @@ from ainode_worker.results import (
     save_dicom,
     write_seg,
 )
+from dicom_readers import read_segments_with_dcmqi
 
 from ainode.jobs import OutputKind
 from ainode.phantoms import Geometry
@@ -152,6 +153,12 @@ def test_fractional_seg_passes_dciodvfy_and_keeps_probabilities(
     expected = _probabilities(case.truth)[1:]
     for index in range(2):
         assert np.abs(back[..., index] - expected[index]).max() <= 0.5 / 255 + 1e-6
+    # dcmqi places the same probabilities (0..255) on the same voxels
+    by_dcmqi = read_segments_with_dcmqi(path, case.sources, tmp_path / "dcmqi")
+    assert sorted(by_dcmqi) == [1, 2]
+    for index in range(2):
+        stored = by_dcmqi[index + 1].astype(np.float32) / 255
+        assert np.abs(stored - expected[index]).max() <= 0.5 / 255 + 1e-6
 
 
 def test_segment_descriptions_and_references(oblique_case: Case) -> None:
