@@ -9,6 +9,9 @@
   client-side routes (``/ohif/viewer?StudyInstanceUIDs=...``), which are no files.
 * Orthanc Explorer's extension (``static/explorer-extension.js``): the AI jobs of a series, a
   "Run AI" action, links to OHIF, the dashboard and the interactive page.
+* ``/ai/series-summaries`` and ``/ai/series/{id}/summary``: series as the lists show them (study
+  date, descriptions, modality, number, images; never a patient attribute) and which pipelines
+  could run on one (:mod:`ainode_plugin.series_summary`).
 * ``/ai/metrics`` for Prometheus (:mod:`ainode_plugin.metrics`) and ``/ai/queues``, the broker's
   queue lengths for the dashboard.
 """
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +32,13 @@ from redis.exceptions import RedisError
 from ainode.node.orthanc_config import OHIF_DIR, OHIF_MOUNT, ohif_config_path, ohif_installed
 from ainode.queues import every_queue_name
 from ainode_plugin.http import Handler, HttpError, Request, Response, Router
+from ainode_plugin.job_routes import ORTHANC_ID
 from ainode_plugin.metrics import CONTENT_TYPE, NodeMetrics
+from ainode_plugin.series_summary import (
+    fetch_summaries,
+    list_summaries,
+    pipeline_fit,
+)
 
 if TYPE_CHECKING:
     from ainode_plugin.main import NodePlugin
@@ -39,6 +49,8 @@ STATIC_DIR = Path(__file__).with_name("static")
 EXPLORER_EXTENSION = "explorer-extension.js"
 DASHBOARD = "index.html"
 BROKER_TIMEOUT_S = 0.5
+MAX_LISTED_SERIES = 500  # the interactive page's picker
+MAX_SUMMARY_IDS = 200  # one dashboard page of jobs names at most this many series
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "application/javascript; charset=utf-8",
@@ -119,6 +131,8 @@ class UiRoutes:
         router.add(r"/ai/ui/([A-Za-z0-9_-]+\.(?:html|js|css|svg))", "GET", self.static_file)
         router.add(r"/ai/metrics", "GET", self.prometheus)
         router.add(r"/ai/queues", "GET", self.queues)
+        router.add(r"/ai/series-summaries", "GET", self.series_summaries)
+        router.add(rf"/ai/series/{ORTHANC_ID}/summary", "GET", self.series_summary)
         # Registered before ServeFolders' own /ohif/(.*) route, so these win (orthanc_config).
         router.add(rf"{OHIF_MOUNT}/app-config\.js", "GET", self.ohif_config)
         router.add(rf"{OHIF_MOUNT}(/[^.]*)?", "GET", self.ohif_index)
@@ -154,6 +168,34 @@ class UiRoutes:
                 "jobs": counts,
                 "broker": {"up": lengths is not None, "queues": dict(lengths or {})},
             }
+        )
+
+    # -- series as people read them ------------------------------------------------------------
+
+    def series_summaries(self, request: Request) -> Response:
+        """``?ids=a,b,...``: those series (deleted ones left out); no ids: every series."""
+        get_json = self.plugin.routing.get_json
+        ids = [i for i in request.query.get("ids", "").split(",") if i]
+        if not ids:
+            summaries = list_summaries(get_json, MAX_LISTED_SERIES)
+        elif len(ids) > MAX_SUMMARY_IDS:
+            raise HttpError(400, f"at most {MAX_SUMMARY_IDS} series ids at a time")
+        elif not all(re.fullmatch(ORTHANC_ID, i) for i in ids):
+            raise HttpError(400, "ids must be Orthanc series ids, separated by commas")
+        else:
+            summaries = fetch_summaries(get_json, dict.fromkeys(ids))
+        return Response.json({"series": [s.as_json() for s in summaries]})
+
+    def series_summary(self, request: Request) -> Response:
+        """One series and, for each pipeline, whether it could run on it and why not."""
+        found = fetch_summaries(self.plugin.routing.get_json, [request.groups[0]])
+        if not found:
+            raise HttpError(404, f"no series {request.groups[0]}")
+        registry = self.plugin.registry
+        availability = registry.availability()
+        fits = [pipeline_fit(found[0], spec, availability.get(spec.id)) for spec in registry]
+        return Response.json(
+            {"series": found[0].as_json(), "pipelines": [fit.as_json() for fit in fits]}
         )
 
     # -- OHIF ---------------------------------------------------------------------------------

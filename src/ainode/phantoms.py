@@ -260,6 +260,7 @@ class SeriesIds:
     accession_number: str = "ACC0001"
     series_number: int = 1
     series_description: str = "Phantom CT"
+    study_description: str = "Phantom study"
     body_part: str = "ABDOMEN"
 
 
@@ -290,6 +291,7 @@ def phantom_datasets(
         ds.StudyDate = "20260101"
         ds.StudyTime = "120000"
         ds.StudyID = "1"
+        ds.StudyDescription = ids.study_description
         ds.AccessionNumber = ids.accession_number
         ds.ReferringPhysicianName = ""
         ds.Modality = modality

@@ -26,6 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = REPO_ROOT / "test-output"
+VIEWPORT = {"width": 1366, "height": 768}  # the commonest laptop screen a reader has
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +48,7 @@ def new_page(
 
     def open_page(credentials: tuple[str, str] | None) -> Page:
         context = chromium.new_context(
-            viewport={"width": 1400, "height": 900},
+            viewport=VIEWPORT,
             http_credentials=(
                 {"username": credentials[0], "password": credentials[1]} if credentials else None
             ),
@@ -65,3 +66,15 @@ def new_page(
             page.screenshot(path=str(path), full_page=True)
             print(f"screenshot: {path}")
         context.close()
+
+
+@pytest.fixture
+def snapshot(request: pytest.FixtureRequest) -> Callable[[Page, str], None]:
+    """Save what the page shows now as ``test-output/<test name>-<step>.png``: a step a person
+    wants to see that the end-of-test screenshot no longer shows."""
+
+    def take(page: Page, step: str) -> None:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}-{step}.png"))
+
+    return take

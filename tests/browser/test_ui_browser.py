@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pytest
+from dicom_readers import read_seg_numbers_with_dcmqi, sort_by_position
 from nodeharness import Node, start_node, wait_for, write_rules
 from numpy.typing import NDArray
 from PIL import Image
@@ -75,11 +77,22 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiNode]:
         auth_enabled=True,
     )
     try:
-        segmented = _push(node, folder, SeriesIds(accession_number="AISEG1"), "done")
+        segmented = _push(
+            node,
+            folder,
+            SeriesIds(
+                accession_number="AISEG1", study_description="Abdomen phantom", series_number=3
+            ),
+            "done",
+        )
         failed = _push(
             node,
             folder,
-            SeriesIds(accession_number="AIFAIL1", series_description="Failing CT"),
+            SeriesIds(
+                accession_number="AIFAIL1",
+                series_description="Failing CT",
+                study_description="Failing phantom",
+            ),
             "failed",
         )
         yield UiNode(node, segmented, failed)
@@ -166,9 +179,15 @@ def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
 # -- OHIF ---------------------------------------------------------------------------------
 
 
-def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(page: Page, ui: UiNode) -> None:
+def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(
+    page: Page, ui: UiNode, snapshot: Callable[[Page, str], None]
+) -> None:
     page.goto(f"{ui.node.url}/ohif/")
     page.get_by_text("Confirm and hide").click()  # OHIF's "investigational use" banner
+    # the study list shows descriptions: OHIF asks Orthanc for them with includefield
+    expect(page.get_by_text("Abdomen phantom").first).to_be_visible()
+    expect(page.get_by_text("Failing phantom").first).to_be_visible()
+    snapshot(page, "study-list")
     page.get_by_text(ui.segmented.ids.accession_number).first.click()  # study list row
     page.get_by_role("button", name="Basic Viewer").click()
     page.get_by_text("Skip all").click()  # OHIF's first-visit tour
@@ -178,7 +197,8 @@ def test_ohif_opens_the_pushed_study_and_shows_its_ai_segmentation(page: Page, u
     scroll_to_middle_slice(page, viewport, ui.segmented.phantom.geometry.shape[0])
     before = wait_for(lambda: stable_screenshot(viewport), 10, 0.5, "a viewport screenshot")
 
-    seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="AI: Demo phantom")
+    # the thumbnail's first words name the output kind and the model
+    seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG demo-phantom-o")
     expect(seg).to_have_count(1)
     seg.dblclick()
     page.get_by_role("button", name="Yes").click()  # "Do you want to open this Segmentation?"
@@ -206,11 +226,21 @@ def test_dashboard_lists_the_jobs_and_retry_runs_a_failed_job_again(page: Page, 
     expect(page.locator("#rules tr[data-rule='ai-fails'] td.num")).to_have_text("1")
     expect(page.locator("#rules tr[data-rule='ai-seg'] td.num")).to_have_text("1")
     expect(page.locator("#worker-count")).not_to_have_text("0")
+    # which series each job is on, as a person tells them apart
+    series = done_row.locator("td.series")
+    expect(series).to_contain_text("#3 Phantom CT")
+    expect(series).to_contain_text("CT · 24 images")
+    expect(series).to_contain_text("2026-01-01 · Abdomen phantom")
+    expect(failed_row.locator("td.series")).to_contain_text("#1 Failing CT")
+    expect(failed_row.locator("td.series")).to_contain_text("2026-01-01 · Failing phantom")
+    _shows_no_patient_attribute(page.locator("main"))
 
     failed_row.locator("button.retry").click()
     expect(page.locator("#message")).to_contain_text("retry requested")
+    # the message follows the job: it fails again (the weights are still missing)
+    expect(page.locator("#message")).to_contain_text("it failed: ", timeout=60_000)
     # The worker runs it again (attempt 2) and it fails again; the table follows by itself.
-    expect(failed_row.locator("td").nth(6)).to_have_text("2", timeout=30_000)
+    expect(failed_row.locator("td").nth(6)).to_have_text("2", timeout=60_000)
     expect(failed_row).to_have_attribute("data-state", "failed")
     job = ui.node.json(f"/ai/jobs/{failed['id']}")
     assert (job["state"], job["attempts"]) == ("failed", 2)
@@ -224,6 +254,11 @@ def test_explorer_shows_a_series_ai_jobs_and_runs_ai_on_it(page: Page, ui: UiNod
     expect(page.locator("#ainode-dashboard-link")).to_have_attribute("href", "../ai/ui/")
 
     page.goto(f"{ui.node.url}/app/explorer.html#series?uuid={ui.segmented.series_id}")
+    box = page.locator("#ainode-series")
+    summary = page.locator("#ainode-series-summary")
+    expect(summary).to_contain_text("#3 Phantom CT · CT · 24 images")
+    expect(summary).to_contain_text("2026-01-01 · Abdomen phantom")
+    _shows_no_patient_attribute(box)
     jobs = page.locator("#ainode-jobs-table")
     expect(jobs.locator(f"tr[data-job='{ui.segmented.job['id']}']")).to_have_attribute(
         "data-state", "done"
@@ -234,17 +269,61 @@ def test_explorer_shows_a_series_ai_jobs_and_runs_ai_on_it(page: Page, ui: UiNod
     expect(page.locator("#ainode-series-interactive")).to_have_attribute(
         "href", f"../ai/ui/interactive.html?series={ui.segmented.series_id}"
     )
+    expect(page.locator("#ainode-series-dashboard")).to_have_attribute("href", "../ai/ui/")
+    # a model that reads CT but whose weights are missing is offered with its reason, disabled
+    unavailable = page.locator("#ainode-pipeline option[value='totalseg-organs']")
+    expect(unavailable).to_be_disabled()
+    expect(unavailable).to_contain_text("not available here")
 
     page.locator("#ainode-pipeline").select_option("demo-phantom-onnx")
     page.locator("#ainode-run").click()
-    expect(page.locator("#ainode-run-message")).to_have_text("Job queued.")
+    message = page.locator("#ainode-run-message")
+    expect(message).to_contain_text(re.compile(r"Job (queued|running|done)"))
     manual = jobs.locator("tr", has_text="manual:demo-phantom-onnx")
-    expect(manual).to_have_attribute("data-state", "done", timeout=60_000)
+    expect(manual).to_have_attribute("data-state", "done", timeout=90_000)
+    # the message followed the job to its end, it did not stay at "queued"
+    expect(message).to_contain_text("Job done: 1 result(s) stored")
     runs = ui.node.json(f"/ai/series/{ui.segmented.series_id}/jobs")["jobs"]
     assert {j["decided_by"] for j in runs} == {"ai-seg", "manual:demo-phantom-onnx"}
 
 
+def test_explorer_offers_no_run_ai_on_a_result_series(page: Page, ui: UiNode) -> None:
+    seg_instance = ui.segmented.job["outputs"][0]
+    seg_series = ui.node.json(f"/instances/{seg_instance}")["ParentSeries"]
+    page.goto(f"{ui.node.url}/app/explorer.html#series?uuid={seg_series}")
+    summary = page.locator("#ainode-series-summary")
+    expect(summary).to_contain_text(re.compile(r"#9\d{3} SEG demo-phantom-onnx \(ai-seg\)"))
+    expect(summary).to_contain_text("SEG · 1 image")
+    expect(summary).to_contain_text("2026-01-01 · Abdomen phantom")
+    expect(page.locator("#ainode-no-run")).to_have_text(
+        "Run AI is not offered for this series: this is a SEG series, not images a model can read."
+    )
+    expect(page.locator("#ainode-run-item")).to_be_hidden()
+
+
 # -- interactive segmentation -------------------------------------------------------------
+
+
+def test_interactive_picker_lists_series_a_person_can_tell_apart(
+    page: Page, ui: UiNode, snapshot: Callable[[Page, str], None]
+) -> None:
+    page.goto(f"{ui.node.url}/ai/ui/interactive.html")
+    listed = page.locator("#series-list tbody tr[data-series]")
+    segmented = page.locator(f"#series-list tr[data-series='{ui.segmented.series_id}']")
+    failed = page.locator(f"#series-list tr[data-series='{ui.failed.series_id}']")
+    cells = ["2026-01-01", "Abdomen phantom", "3", "Phantom CT", "CT", "24"]
+    expect(segmented.locator("td")).to_have_text(cells)
+    cells = ["2026-01-01", "Failing phantom", "1", "Failing CT", "CT", "24"]
+    expect(failed.locator("td")).to_have_text(cells)
+    # image series only: the SEG results the node wrote are no series to click into
+    for row in listed.all():
+        expect(row.locator("td").nth(4)).not_to_have_text("SEG")
+    _shows_no_patient_attribute(page.locator("main"))
+    snapshot(page, "list")
+    segmented.locator("a").click()
+    expect(page.locator("#series-title")).to_contain_text(
+        "#3 Phantom CT · CT · 24 images · 2026-01-01 · Abdomen phantom"
+    )
 
 
 def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
@@ -309,6 +388,20 @@ def test_interactive_page_segments_the_clicked_organ_and_stores_a_seg(
     assert timed[("segment", "2xx")] >= 1 and timed[("accept", "2xx")] >= 1
 
 
+def _shows_no_patient_attribute(area: Locator) -> None:
+    """The phantoms' patient name, ID and birth date (SeriesIds' defaults) appear nowhere."""
+    shown = area.inner_text()
+    defaults = SeriesIds()
+    for secret in (
+        defaults.patient_name,
+        defaults.patient_name.replace("^", " "),
+        defaults.patient_id,
+        defaults.patient_birth_date,
+        "1970-01-01",
+    ):
+        assert secret not in shown, secret
+
+
 def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
     """The interactive API's packbits-gzip-base64 mask (worker/ainode_worker/interactive)."""
     shape = tuple(mask["shape"])
@@ -317,3 +410,31 @@ def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
         count=int(np.prod(shape)),
     )
     return bits.reshape(shape).astype(bool)
+
+
+# -- every SEG the node stored, read by a second reader ----------------------------------------
+
+
+def test_every_stored_seg_reads_the_same_in_dcmqi_and_highdicom(ui: UiNode, tmp_path: Path) -> None:
+    """The pipelines' SEGs and the interactive page's accepted SEG (when that test ran first):
+    dcmqi, the reader 3D Slicer uses, places every voxel where highdicom does."""
+    segs = [s for s in ui.node.json("/series?expand") if s["MainDicomTags"]["Modality"] == "SEG"]
+    assert segs, "the node stored no SEG"
+    for number, series in enumerate(segs):
+        path = tmp_path / f"seg{number}.dcm"
+        ui.node.instance(series["Instances"][0]).save_as(path)
+        seg = hd.seg.segread(path)
+        source_uid = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        sources = sort_by_position(
+            [
+                ui.node.instance(instance)
+                for instance in ui.node.json(f"/series/{ui.node.lookup(source_uid)}")["Instances"]
+            ]
+        )
+        uids = [str(ds.SOPInstanceUID) for ds in sources]
+        by_highdicom = seg.get_pixels_by_source_instance(
+            uids, combine_segments=True, assert_missing_frames_are_empty=True
+        )
+        by_dcmqi = read_seg_numbers_with_dcmqi(path, sources, tmp_path / f"dcmqi{number}")
+        assert by_dcmqi.any(), series["MainDicomTags"].get("SeriesDescription")
+        assert np.array_equal(by_dcmqi, by_highdicom), series["MainDicomTags"]

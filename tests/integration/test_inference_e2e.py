@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
+from dicom_readers import read_seg_numbers_with_dcmqi, sort_by_position
 from nodeharness import Node, start_node
 
 from ainode.phantoms import (
@@ -135,12 +136,32 @@ def test_phantom_gets_a_done_job_with_a_seg_and_an_rtstruct(node: Node, good: Pu
     assert modalities == ["RTSTRUCT", "SEG"]
 
 
-def test_seg_read_back_matches_the_truth_in_the_source_geometry(node: Node, good: Pushed) -> None:
+def test_seg_read_back_matches_the_truth_in_the_source_geometry(
+    node: Node, good: Pushed, tmp_path: Path
+) -> None:
     labels = seg_label_map(node, good)
     assert labels.shape == good.phantom.labels.shape
     for value in (1, 2):
         score = dice(labels == value, good.phantom.labels == value)
         assert score >= 0.90, f"label {value}: Dice {score:.3f}"
+    # dcmqi (3D Slicer's SEG reader) places every voxel where highdicom does
+    (seg,) = [d for d in map(node.instance, good.job["outputs"]) if d.Modality == "SEG"]
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    sources = sort_by_position(
+        [node.instance(i) for i in node.json(f"/series/{good.job['series_id']}")["Instances"]]
+    )
+    numbers = read_seg_numbers_with_dcmqi(path, sources, tmp_path / "dcmqi")
+    values = {
+        int(item.SegmentNumber): LABEL_OF_CODE[
+            str(item.SegmentedPropertyTypeCodeSequence[0].CodeValue)
+        ]
+        for item in seg.SegmentSequence
+    }
+    by_dcmqi = np.zeros(numbers.shape, dtype=np.uint8)
+    for number, value in values.items():
+        by_dcmqi[numbers == number] = value
+    assert np.array_equal(by_dcmqi, labels)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from ainode.node.orthanc_config import (
     render_ohif_app_config,
     render_orthanc_config,
 )
+from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 from ainode.settings import Settings
 
 NOT_INSTALLED = "the OHIF viewer is not installed: run `make setup` (scripts/bootstrap.sh)"
@@ -121,6 +122,71 @@ def test_queues_route_reports_jobs_and_broker_queues(node: Node) -> None:
     assert answer["broker"]["up"] is True
     assert all(isinstance(n, int) for n in answer["broker"]["queues"].values())
     assert set(answer["jobs"]) >= {"queued", "running", "done", "failed"}
+
+
+@pytest.fixture(scope="module")
+def pushed(node: Node, tmp_path_factory: pytest.TempPathFactory) -> tuple[SeriesIds, str]:
+    """A phantom CT with a study description, pushed by storescu; its Orthanc series id."""
+    ids = SeriesIds(study_description="Summary phantom", series_number=7)
+    phantom = make_phantom(Geometry(shape=(6, 32, 32), spacing=(3.0, 1.5, 1.5)), seed=2)
+    node.storescu(write_series(phantom, tmp_path_factory.mktemp("summary"), ids))
+    return ids, node.lookup(ids.series_uid)
+
+
+@pytest.mark.integration
+def test_series_summaries_show_what_people_read_and_no_patient(
+    node: Node, pushed: tuple[SeriesIds, str]
+) -> None:
+    ids, series_id = pushed
+    answer = node.get("/ai/series-summaries", params={"ids": series_id})
+    assert answer.status_code == 200
+    (summary,) = answer.json()["series"]
+    assert {k: summary[k] for k in ("study_date", "study_description", "series_number")} == {
+        "study_date": "20260101",
+        "study_description": "Summary phantom",
+        "series_number": "7",
+    }
+    assert (summary["modality"], summary["images"]) == ("CT", 6)
+    listed = node.json("/ai/series-summaries")["series"]
+    assert series_id in {s["series_id"] for s in listed}
+    for text in (answer.text, json.dumps(listed)):
+        for secret in (ids.patient_name, ids.patient_id, ids.patient_birth_date):
+            assert secret not in text
+    assert node.get("/ai/series-summaries", params={"ids": "../x"}).status_code == 400
+
+
+@pytest.mark.integration
+def test_series_summary_says_which_pipelines_could_run(
+    node: Node, pushed: tuple[SeriesIds, str]
+) -> None:
+    _, series_id = pushed
+    answer = node.json(f"/ai/series/{series_id}/summary")
+    assert answer["series"]["series_id"] == series_id
+    fits = {p["pipeline"]: p for p in answer["pipelines"]}
+    assert fits["demo-phantom"] == {
+        "pipeline": "demo-phantom",
+        "name": fits["demo-phantom"]["name"],
+        "runnable": True,
+        "reason": "",
+    }
+    assert not fits["totalseg-organs"]["runnable"]
+    assert "not available here" in fits["totalseg-organs"]["reason"]
+    missing = "0" * 8 + ("-" + "0" * 8) * 4
+    assert node.get(f"/ai/series/{missing}/summary").status_code == 404
+
+
+@pytest.mark.integration
+def test_orthanc_ignores_an_encoded_includefield_the_viewer_config_decodes(
+    node: Node, pushed: tuple[SeriesIds, str]
+) -> None:
+    """Why app-config.js rewrites OHIF's QIDO URLs: Orthanc's DICOMweb plugin (1.7) does not
+    split includefield at %2C, the way OHIF's client sends it. If this starts to fail, Orthanc
+    was fixed and the rewrite can go."""
+    encoded = node.get("/dicom-web/studies?includefield=00081030%2C00080060").text
+    plain = node.get("/dicom-web/studies?includefield=00081030,00080060").text
+    assert "Summary phantom" not in encoded
+    assert "Summary phantom" in plain
+    assert "replace(/%2C/gi, ',')" in node.get("/ohif/app-config.js").text
 
 
 # -- Orthanc's configuration, without a node ------------------------------------------------

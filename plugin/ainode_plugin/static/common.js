@@ -76,7 +76,37 @@
     return el('span', { 'class': 'badge ' + (kind || text), text: text });
   }
 
+  // 'YYYYMMDD' (DICOM DA) as 'YYYY-MM-DD'; anything else as it is.
+  function dicomDate(value) {
+    return /^\d{8}$/.test(value || '') ? value.slice(0, 4) + '-' + value.slice(4, 6) + '-' + value.slice(6) : (value || '');
+  }
+
+  // Series summaries (/ai/series-summaries) by Orthanc id, fetched once per page: what a series
+  // is does not change while the page is open.
+  var summaries = {};
+  function seriesSummaries(ids) {
+    var missing = ids.filter(function (id, i) { return id && !(id in summaries) && ids.indexOf(id) === i; });
+    if (!missing.length) { return Promise.resolve(summaries); }
+    return api('/ai/series-summaries?ids=' + missing.slice(0, 200).join(',')).then(function (answer) {
+      missing.slice(0, 200).forEach(function (id) { summaries[id] = null; });  // deleted: null
+      answer.series.forEach(function (s) { summaries[s.series_id] = s; });
+      return summaries;
+    });
+  }
+
+  // "#3 Portal venous" / "CT · 40 images" / "2026-01-01 · CT abdomen": a series as people tell
+  // them apart. Never a patient attribute (the summaries carry none).
+  function seriesLines(s) {
+    var title = (s.series_number ? '#' + s.series_number + ' ' : '') + (s.series_description || '(no series description)');
+    var kind = [s.modality, s.images + (s.images === 1 ? ' image' : ' images')].filter(Boolean).join(' · ');
+    var study = [dicomDate(s.study_date) || '(no study date)', s.study_description || '(no study description)'].join(' · ');
+    return { title: title, kind: kind, study: study };
+  }
+
   window.AinodeUi = {
+    dicomDate: dicomDate,
+    seriesSummaries: seriesSummaries,
+    seriesLines: seriesLines,
     ROOT: ROOT,
     api: api,
     el: el,

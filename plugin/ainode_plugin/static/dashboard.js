@@ -8,6 +8,9 @@
   var JOB_LIMIT = 100;
   var $ = function (id) { return document.getElementById(id); };
   var lastJobs = [];
+  var followed = null;  // the job the last action was on: the message follows its state
+  var summaries = {};  // Orthanc series id -> summary (null: deleted)
+  var drawn = {};  // series ids whose summaries the table shows
 
   function showMessage(text, isError) {
     var box = $('message');
@@ -31,12 +34,43 @@
 
   function jobAction(job, action) {
     return ui.api('/ai/jobs/' + job.id + '/' + action, { method: 'POST' }).then(function (updated) {
-      showMessage('Job ' + job.id.slice(0, 8) + ' (' + (job.pipeline || '') + '): ' + action +
-        ' requested, now ' + updated.state + '.');
+      followed = { id: job.id, action: action };
+      showMessage(followMessage(updated), updated.state === 'failed');
       return refreshFast();
     }).catch(function (error) {
       showMessage('Could not ' + action + ' job ' + job.id.slice(0, 8) + ': ' + error.message, true);
     });
+  }
+
+  function followMessage(job) {
+    var name = 'Job ' + job.id.slice(0, 8) + ' (' + (job.pipeline || '') + '): ' + followed.action +
+      ' requested; ';
+    var error = job.error || job.dispatch_error || '';
+    if (job.state === 'failed') { return name + 'it failed' + (error ? ': ' + error : '.'); }
+    if (job.state === 'done') { return name + 'it is done.'; }
+    return name + 'now ' + job.state + '.';
+  }
+
+  function follow() {
+    if (!followed) { return; }
+    var job = lastJobs.filter(function (j) { return j.id === followed.id; })[0];
+    if (!job) { return; }
+    showMessage(followMessage(job), job.state === 'failed');
+    if (['done', 'failed', 'cancelled'].indexOf(job.state) >= 0) { followed = null; }
+  }
+
+  function seriesCell(job) {
+    var s = summaries[job.series_id];
+    var link = function (text) {
+      return el('a', { href: ui.explorer('series', job.series_id), title: job.series_uid, text: text });
+    };
+    if (!s) {  // not fetched yet, or the series is gone from Orthanc
+      return el('td', { 'class': 'series' }, [link(s === null ? '(deleted series)' : '…'),
+        el('br'), el('span', { 'class': 'muted mono', text: '…' + job.series_uid.slice(-12) })]);
+    }
+    var lines = ui.seriesLines(s);
+    return el('td', { 'class': 'series' }, [link(lines.title), ' ', el('span', { 'class': 'muted', text: lines.kind }),
+      el('br'), el('span', { 'class': 'muted', text: lines.study })]);
   }
 
   function outputsCell(job) {
@@ -71,10 +105,7 @@
       el('td', {}, [ui.badge(job.state)]),
       el('td', { text: job.pipeline || '—' }),
       el('td', { title: job.reason, text: job.decided_by }),
-      el('td', {}, [el('a', {
-        href: ui.explorer('series', job.series_id), 'class': 'mono', title: job.series_uid,
-        text: job.series_uid.length > 24 ? '…' + job.series_uid.slice(-22) : job.series_uid
-      })]),
+      seriesCell(job),
       el('td', { 'class': 'num', text: ui.duration(ui.seconds(job)) }),
       el('td', { 'class': 'num', text: String(job.attempts) }),
       outputsCell(job),
@@ -99,6 +130,15 @@
     return ui.api('/ai/jobs' + query).then(function (answer) {
       lastJobs = answer.jobs;
       drawJobs();
+      follow();
+      ui.seriesSummaries(lastJobs.map(function (job) { return job.series_id; })).then(function (all) {
+        var fresh = lastJobs.some(function (job) { return !(job.series_id in drawn); });
+        summaries = all;
+        if (fresh) {
+          lastJobs.forEach(function (job) { drawn[job.series_id] = true; });
+          drawJobs();
+        }
+      }).catch(function () { /* the table keeps showing UIDs; the next poll tries again */ });
       var counts = answer.counts || {};
       kv($('counts'), Object.keys(counts).map(function (s) { return [s, counts[s]]; }));
     });

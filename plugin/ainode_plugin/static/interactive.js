@@ -25,20 +25,25 @@
 
   function showPicker() {
     $('picker').classList.remove('hidden');
-    ui.api('/series?expand&since=0&limit=500').then(function (series) {
-      var rows = series.filter(function (s) {
-        return IMAGE_TYPES.indexOf(s.MainDicomTags.Modality) >= 0 && s.Instances.length > 1;
+    ui.api('/ai/series-summaries').then(function (answer) {
+      var rows = answer.series.filter(function (s) {
+        return IMAGE_TYPES.indexOf(s.modality) >= 0 && s.images > 1;
+      }).sort(function (a, b) {
+        return (b.study_date || '').localeCompare(a.study_date || '') ||
+          (a.study_description || '').localeCompare(b.study_description || '') ||
+          (Number(a.series_number) || 0) - (Number(b.series_number) || 0);
       }).map(function (s) {
-        var tags = s.MainDicomTags;
-        return el('tr', {}, [
-          el('td', { text: tags.SeriesDate || '' }),
-          el('td', { text: tags.Modality || '' }),
-          el('td', {}, [el('a', { href: '?series=' + s.ID, text: tags.SeriesDescription || s.ID })]),
-          el('td', { 'class': 'num', text: String(s.Instances.length) })
+        return el('tr', { 'data-series': s.series_id }, [
+          el('td', { text: ui.dicomDate(s.study_date) }),
+          el('td', { text: s.study_description || '' }),
+          el('td', { 'class': 'num', text: s.series_number || '' }),
+          el('td', {}, [el('a', { href: '?series=' + s.series_id, text: s.series_description || '(no description)' })]),
+          el('td', { text: s.modality }),
+          el('td', { 'class': 'num', text: String(s.images) })
         ]);
       });
       if (!rows.length) {
-        rows = [el('tr', {}, [el('td', { colspan: '4', 'class': 'muted', text: 'No image series on this node.' })])];
+        rows = [el('tr', {}, [el('td', { colspan: '6', 'class': 'muted', text: 'No image series on this node.' })])];
       }
       ui.replaceChildren(document.querySelector('#series-list tbody'), rows);
     }).catch(function (error) { showMessage('Could not list series: ' + error.message, true); });
@@ -295,6 +300,10 @@
     ui.api('/series/' + encodeURIComponent(seriesId)).then(function (series) {
       var tags = series.MainDicomTags;
       $('series-title').textContent = (tags.Modality || '') + ' · ' + (tags.SeriesDescription || seriesId);
+      ui.seriesSummaries([seriesId]).then(function (all) {
+        var lines = all[seriesId] && ui.seriesLines(all[seriesId]);
+        if (lines) { $('series-title').textContent = [lines.title, lines.kind, lines.study].join(' · '); }
+      }).catch(function () { /* the title from the series' own tags stays */ });
       ui.api('/studies/' + series.ParentStudy).then(function (study) {
         state.studyUid = study.MainDicomTags.StudyInstanceUID;
       });

@@ -172,8 +172,9 @@ def render_ohif_app_config(config: dict[str, Any]) -> str:
                     "qidoRoot": root,
                     "wadoRoot": root,
                     "wadoUriRoot": wado_uri,
-                    # Orthanc's DICOMweb plugin: no includefield=all, exact matching only.
-                    "qidoSupportsIncludeField": False,
+                    # Orthanc's DICOMweb plugin answers includefield=<tags> (StudyDescription
+                    # only when asked; see _DECODE_INCLUDEFIELD); exact matching only.
+                    "qidoSupportsIncludeField": True,
                     "supportsReject": False,
                     "supportsFuzzyMatching": False,
                     "supportsWildcard": True,
@@ -200,5 +201,24 @@ def render_ohif_app_config(config: dict[str, Any]) -> str:
         "      if (c[key].charAt(0) === '/') { c[key] = origin + c[key]; }\n"
         "    });\n"
         "  });\n"
-        "})(window.config.dataSources);\n"
+        "})(window.config.dataSources);\n" + _DECODE_INCLUDEFIELD
     )
+
+
+# OHIF asks for StudyDescription and ModalitiesInStudy with includefield=00081030,00080060,...
+# but its DICOMweb client sends the commas URL-encoded (%2C), which Orthanc's DICOMweb plugin 1.7
+# does not split (measured: it then returns neither tag, and the study list says "No
+# Description"). The viewer's QIDO requests go out with plain commas instead.
+_DECODE_INCLUDEFIELD = """\
+(function (open) {
+  XMLHttpRequest.prototype.open = function (method, url) {
+    var args = Array.prototype.slice.call(arguments);
+    if (typeof url === 'string' && url.indexOf('includefield=') >= 0) {
+      args[1] = url.replace(/includefield=[^&#]*/g, function (p) {
+        return p.replace(/%2C/gi, ',');
+      });
+    }
+    return open.apply(this, args);
+  };
+})(XMLHttpRequest.prototype.open);
+"""

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from ainode_worker.results import Provenance
+from dicom_readers import sort_by_position
 from pydicom import Dataset
 
 from ainode.phantoms import BOX, SPHERE, Geometry, Phantom, SeriesIds, make_phantom, write_series
@@ -80,19 +81,40 @@ def oblique_geometry() -> Geometry:
     )
 
 
-def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
-    def along_normal(ds: Dataset) -> float:
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, float)))
+def ge_gap_geometry() -> Geometry:
+    """A tilted MR-like grid 7.07 mm apart: 5 mm slices with a 2.07 mm gap between them."""
+    r = rotation((1.0, 0.0, 0.0), 15.0)
+    row, col = r[:, 0], r[:, 1]
+    return Geometry(
+        shape=(20, 48, 48),
+        spacing=(7.07, 1.0, 1.0),
+        origin=(-20.0, -20.0, -40.0),
+        row_direction=(float(row[0]), float(row[1]), float(row[2])),
+        column_direction=(float(col[0]), float(col[1]), float(col[2])),
+    )
 
-    return sorted(datasets, key=along_normal)
 
+def make_case(
+    folder: Path,
+    geometry: Geometry,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    header: dict[str, object] | None = None,
+) -> Case:
+    """A phantom with a sphere and a box (labels 1 and 2), written and read back.
 
-def make_case(folder: Path, geometry: Geometry, *, seed: int = 0, shuffle: bool = True) -> Case:
-    """A phantom with a sphere and a box (labels 1 and 2), written and read back."""
+    ``header`` sets attributes on every slice before writing, e.g. an older GE scanner's
+    SpacingBetweenSlices that holds the gap between slices rather than their distance.
+    """
     phantom = make_phantom(geometry, seed=seed, require=(SPHERE, BOX))
     n = geometry.shape[0]
     order = np.random.default_rng(seed).permutation(n).tolist() if shuffle else None
     paths = write_series(phantom, folder, SeriesIds(), order=order)
+    for path in paths if header else []:
+        ds = pydicom.dcmread(path)
+        for keyword, value in (header or {}).items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
     sources = sort_by_position([pydicom.dcmread(p) for p in paths])
     return Case(phantom=phantom, sources=sources, labels=list(LABELS), provenance=PROVENANCE)

@@ -7,59 +7,38 @@ files, parse SEG frames and RTSTRUCT contours with plain pydicom, or call extern
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
+from dicom_readers import Grid, read_seg_numbers_with_dcmqi
 from pydicom import Dataset
 from skimage.draw import polygon as fill_polygon
 
 from ainode.registry import LabelSpec
 
-# Independent geometry: voxel index <-> patient coordinates, from the source files only.
+# Attributes a result may repeat from its source: who and which study, the frame of reference,
+# the image matrix (the result is on the source grid) and values that merely coincide.
+COPIED_ON_PURPOSE = {
+    *("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"),
+    *("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"),
+    *("StudyDescription", "SpecificCharacterSet", "FrameOfReferenceUID"),
+    *("PositionReferenceIndicator", "Rows", "Columns"),
+    *("InstanceNumber", "SamplesPerPixel", "PhotometricInterpretation", "PixelRepresentation"),
+}
 
 
-@dataclass
-class Grid:
-    positions: np.ndarray  # (n, 3)
-    x: np.ndarray  # row direction
-    y: np.ndarray  # column direction
-    normal: np.ndarray
-    row_spacing: float
-    column_spacing: float
-    uids: list[str]
-
-    @classmethod
-    def of(cls, sources: Sequence[Dataset]) -> Grid:
-        iop = np.asarray(sources[0].ImageOrientationPatient, dtype=float)
-        return cls(
-            positions=np.array([ds.ImagePositionPatient for ds in sources], dtype=float),
-            x=iop[:3],
-            y=iop[3:],
-            normal=np.cross(iop[:3], iop[3:]),
-            row_spacing=float(sources[0].PixelSpacing[0]),
-            column_spacing=float(sources[0].PixelSpacing[1]),
-            uids=[str(ds.SOPInstanceUID) for ds in sources],
-        )
-
-    def slice_of(self, point: np.ndarray) -> int:
-        """The slice whose plane holds ``point`` (asserts it lies on one)."""
-        distances = (point - self.positions) @ self.normal
-        k = int(np.argmin(np.abs(distances)))
-        assert abs(distances[k]) < 1e-3, f"point {point} lies on no source slice"
-        return k
-
-    def indices(self, points: np.ndarray) -> np.ndarray:
-        """Continuous (slice, row, column) indices of patient points (n, 3)."""
-        step = (self.positions[-1] - self.positions[0]) / (len(self.positions) - 1)
-        basis = np.column_stack([step, self.y * self.row_spacing, self.x * self.column_spacing])
-        return np.linalg.solve(basis, (points - self.positions[0]).T).T
+def attributes_equal_to_source(result: Dataset, source: Dataset) -> set[str]:
+    """Top-level attributes of ``result`` whose value is the source's own."""
+    return {
+        element.keyword
+        for element in result
+        if element.VR != "SQ"
+        and element.keyword in source
+        and source[element.keyword].value == element.value
+    }
 
 
 # Readers and validators.
@@ -121,43 +100,12 @@ def read_seg_with_pydicom(
 def read_seg_with_dcmqi(
     path: Path, sources: Sequence[Dataset], labels: Sequence[LabelSpec], folder: Path
 ) -> np.ndarray:
-    """Convert with dcmqi's segimage2itkimage, then resample nothing: map voxels by position."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tool = Path(sys.executable).parent / "segimage2itkimage"
-    subprocess.run(
-        [
-            str(tool),
-            "--inputDICOM",
-            str(path),
-            "--outputDirectory",
-            str(folder),
-            "--outputType",
-            "nifti",
-            "--prefix",
-            "seg",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    meta = json.loads((folder / "seg-meta.json").read_text())
-    by_name = {label.name: label.value for label in labels}
-    grid = Grid.of(sources)
-    out = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), np.uint16)
-    for index, group in enumerate(meta["segmentAttributes"], start=1):
-        assert len(group) == 1
-        image = sitk.ReadImage(str(folder / f"seg-{index}.nii.gz"))
-        array = sitk.GetArrayFromImage(image)  # (z, y, x)
-        zyx = np.argwhere(array > 0)
-        points = np.array(
-            [
-                image.TransformIndexToPhysicalPoint([int(i) for i in v[::-1]])  # type: ignore[no-untyped-call]
-                for v in zyx
-            ]
-        )
-        ijk = grid.indices(points)
-        rounded = np.rint(ijk).astype(int)
-        assert np.abs(ijk - rounded).max() < 0.05, "dcmqi's grid is not the source grid"
-        out[tuple(rounded.T)] = by_name[group[0]["SegmentLabel"]]
+    """dcmqi's reading (see :mod:`dicom_readers`) with the model's label values."""
+    numbers = read_seg_numbers_with_dcmqi(path, sources, folder)
+    values = label_values_by_segment(pydicom.dcmread(path, stop_before_pixels=True), labels)
+    out = np.zeros(numbers.shape, dtype=np.uint16)
+    for number, value in values.items():
+        out[numbers == number] = value
     return out
 
 

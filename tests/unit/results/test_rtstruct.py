@@ -12,7 +12,13 @@ from ainode_worker.results import EmptyResultError, ResultInputError, save_dicom
 from ainode.jobs import OutputKind
 
 from .cases import ANATOMY, Case
-from .readers import dciodvfy_errors, dice, rasterise_rtstruct
+from .readers import (
+    COPIED_ON_PURPOSE,
+    attributes_equal_to_source,
+    dciodvfy_errors,
+    dice,
+    rasterise_rtstruct,
+)
 
 
 def _write(case: Case, truth: np.ndarray, folder: Path) -> Path:
@@ -65,7 +71,7 @@ def test_structure_set_content(oblique_case: Case) -> None:
     ds = write_rtstruct(case.truth, case.sources, case.labels, case.provenance)
     source = case.sources[0]
     assert ds.Modality == "RTSTRUCT"
-    assert ds.SeriesDescription == "AI: Abdomen nnU-Net (ct-abdomen)"
+    assert ds.SeriesDescription == "RTSS abdomen-v1 (ct-abdomen)"
     assert ds.StudyInstanceUID == source.StudyInstanceUID
     assert ds.PatientID == source.PatientID
     assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
@@ -105,3 +111,12 @@ def test_empty_and_bad_inputs(axial_case: Case) -> None:
         write_rtstruct(np.zeros_like(case.truth), case.sources, case.labels, case.provenance)
     with pytest.raises(ResultInputError, match="shape"):
         write_rtstruct(case.truth[:, :-1], case.sources, case.labels, case.provenance)
+
+
+def test_nothing_copied_from_the_source_contradicts_the_structure_set(ge_gap_case: Case) -> None:
+    case = ge_gap_case
+    ds = write_rtstruct(case.truth, case.sources, case.labels, case.provenance)
+    same = attributes_equal_to_source(ds, case.sources[0])
+    assert same <= COPIED_ON_PURPOSE, same - COPIED_ON_PURPOSE
+    assert "SpacingBetweenSlices" not in ds and "SliceThickness" not in ds
+    assert ds.SeriesNumber != case.sources[0].SeriesNumber

@@ -16,13 +16,21 @@ from ainode_worker.results import (
     save_dicom,
     write_seg,
 )
+from dicom_readers import read_segments_with_dcmqi
 
 from ainode.jobs import OutputKind
 from ainode.phantoms import Geometry
 from ainode.registry import Code, LabelSpec
 
 from .cases import ANATOMY, Case, make_case
-from .readers import Grid, dciodvfy_errors, read_seg_with_dcmqi, read_seg_with_pydicom
+from .readers import (
+    COPIED_ON_PURPOSE,
+    Grid,
+    attributes_equal_to_source,
+    dciodvfy_errors,
+    read_seg_with_dcmqi,
+    read_seg_with_pydicom,
+)
 
 
 def _write(
@@ -145,6 +153,12 @@ def test_fractional_seg_passes_dciodvfy_and_keeps_probabilities(
     expected = _probabilities(case.truth)[1:]
     for index in range(2):
         assert np.abs(back[..., index] - expected[index]).max() <= 0.5 / 255 + 1e-6
+    # dcmqi places the same probabilities (0..255) on the same voxels
+    by_dcmqi = read_segments_with_dcmqi(path, case.sources, tmp_path / "dcmqi")
+    assert sorted(by_dcmqi) == [1, 2]
+    for index in range(2):
+        stored = by_dcmqi[index + 1].astype(np.float32) / 255
+        assert np.abs(stored - expected[index]).max() <= 0.5 / 255 + 1e-6
 
 
 def test_segment_descriptions_and_references(oblique_case: Case) -> None:
@@ -168,7 +182,8 @@ def test_segment_descriptions_and_references(oblique_case: Case) -> None:
     assert "RecommendedDisplayCIELabValue" in box  # a default colour when none is given
 
     source = case.sources[0]
-    assert seg.SeriesDescription == "AI: Abdomen nnU-Net (ct-abdomen)"
+    assert seg.SeriesDescription == "SEG abdomen-v1 (ct-abdomen)"
+    assert seg.ContentCreatorName == "AINODE^"
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     for keyword in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyID"):
@@ -216,8 +231,40 @@ def test_long_names_fit_dicom_limits(axial_case: Case) -> None:
     )
     seg = write_seg(case.truth, case.sources, case.labels, provenance)
     assert len(seg.SeriesDescription) <= 64
-    assert seg.SeriesDescription.startswith("AI: A very long model")
-    assert seg.SeriesDescription.endswith("... (abdomen-ct-portal-venous)")
+    assert seg.SeriesDescription == "SEG " + "m" * 57 + "..."
+
+
+def test_spacing_comes_from_the_positions_not_the_source(ge_gap_case: Case, tmp_path: Path) -> None:
+    # The source says 2.07 mm (the gap, as older GE MR writes it); the slices are 7.07 mm apart.
+    case = ge_gap_case
+    assert float(case.sources[0].SpacingBetweenSlices) == 2.07
+    path = _write(case, tmp_path)
+    seg = pydicom.dcmread(path, stop_before_pixels=True)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    distances = np.linalg.norm(np.diff(Grid.of(case.sources).positions, axis=0), axis=1)
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(float(distances.mean()), abs=1e-3)
+    assert float(measures.SliceThickness) == 5.0  # how thick each slice is stays the source's
+    assert float(case.sources[0].SpacingBetweenSlices) == 2.07  # the source is left alone
+    dcmqi = read_seg_with_dcmqi(path, case.sources, case.labels, tmp_path / "dcmqi")
+    assert np.array_equal(dcmqi, case.truth)
+
+
+def test_unevenly_spaced_slices_get_no_spacing(tmp_path: Path) -> None:
+    # One slice left out: the standard lets SpacingBetweenSlices be absent, so it is.
+    case = make_case(
+        tmp_path / "src", Geometry(shape=(14, 40, 40), spacing=(3.0, 1.2, 1.2)), seed=2
+    )
+    kept = [k for k in range(14) if k != 6]
+    sources = [case.sources[k] for k in kept]
+    truth = case.truth[kept]
+    seg = write_seg(truth, sources, case.labels, case.provenance)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert "SpacingBetweenSlices" not in measures
+    path = save_dicom(seg, OutputKind.SEG, tmp_path).path
+    assert np.array_equal(read_seg_with_pydicom(path, sources, case.labels), truth)
+    uids = [str(ds.SOPInstanceUID) for ds in sources]
+    back = hd.seg.segread(path).get_pixels_by_source_instance(uids, combine_segments=True)
+    assert np.array_equal(back > 0, truth > 0)
 
 
 def test_non_consecutive_label_values(tmp_path: Path) -> None:
@@ -241,6 +288,8 @@ def test_non_consecutive_label_values(tmp_path: Path) -> None:
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["cyst", "tumour"]  # by value
     path = save_dicom(seg, OutputKind.SEG, tmp_path).path
     assert np.array_equal(read_seg_with_pydicom(path, case.sources, labels), truth)
+    dcmqi = read_seg_with_dcmqi(path, case.sources, labels, tmp_path / "dcmqi")
+    assert np.array_equal(dcmqi, truth)
 
 
 def test_empty_result_is_reported_not_written(axial_case: Case) -> None:
@@ -293,3 +342,21 @@ def test_bad_inputs_raise_clear_errors(axial_case: Case) -> None:
             kind=OutputKind.SEG_FRACTIONAL,
             probabilities=np.full((3, *case.truth.shape), 1.5, dtype=np.float32),
         )
+
+
+def test_nothing_copied_from_the_source_contradicts_the_result(
+    ge_gap_case: Case, tmp_path: Path
+) -> None:
+    # Checked on the GE-style source, whose own SpacingBetweenSlices is wrong for its frames.
+    case = ge_gap_case
+    source = case.sources[0]
+    seg = pydicom.dcmread(_write(case, tmp_path), stop_before_pixels=True)
+    same = attributes_equal_to_source(seg, source)
+    assert same <= COPIED_ON_PURPOSE, same - COPIED_ON_PURPOSE
+    assert "SpacingBetweenSlices" not in seg and "SliceThickness" not in seg  # only per frame
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert list(measures.PixelSpacing) == list(source.PixelSpacing)
+    assert float(measures.SpacingBetweenSlices) != float(source.SpacingBetweenSlices)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert list(orientation.ImageOrientationPatient) == list(source.ImageOrientationPatient)
+    assert seg.ContentCreatorName == "AINODE^"

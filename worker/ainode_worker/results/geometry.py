@@ -94,6 +94,19 @@ class SliceGeometry:
         along = self.positions @ self.normal
         return float(np.mean(np.diff(along)))
 
+    def even_slice_spacing(self) -> float | None:
+        """Distance between slices (mm) when they are evenly spaced, else ``None``.
+
+        Written into results as SpacingBetweenSlices instead of the source's value, which older
+        GE scanners use for the gap between slices and other readers then misplace frames by.
+        """
+        if len(self.positions) < 2:
+            return None
+        steps = np.diff(self.positions, axis=0)
+        if np.abs(steps - steps.mean(axis=0)).max() > _POSITION_TOL_MM:
+            return None
+        return float(np.linalg.norm(steps.mean(axis=0)))
+
     def pixel_to_patient(self, slice_index: int, rows_cols: FloatArray) -> FloatArray:
         """Patient coordinates (n, 3) of (row, column) pixel coordinates (n, 2) on one slice."""
         points = (

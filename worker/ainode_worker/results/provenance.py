@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -9,6 +10,8 @@ from ainode.jobs import OutputKind
 
 MANUFACTURER = "AINODE"
 MANUFACTURER_MODEL_NAME = "AINODE AI node"
+# ContentCreatorName (PN, Type 2): the node made the content, not a person.
+CONTENT_CREATOR = "AINODE^"
 
 try:  # the version lives in pyproject.toml only
     SOFTWARE_VERSION = version("ainode")
@@ -18,14 +21,19 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # DICOM's LO value representation (SeriesDescription, ContentDescription, ...) holds 64 characters.
 _LO_MAX = 64
 
-# Result series sort after the scanner's series in a viewer and stay apart by output kind.
-_SERIES_NUMBERS: dict[OutputKind, int] = {
-    OutputKind.SEG: 9001,
-    OutputKind.SEG_LABELMAP: 9002,
-    OutputKind.SEG_FRACTIONAL: 9003,
-    OutputKind.RTSTRUCT: 9004,
-    OutputKind.SR: 9005,
+# Result series sort after the scanner's series in a viewer. The hundreds say the output kind
+# and the last two digits the pipeline, so results of two pipelines or kinds in one study differ.
+_SERIES_BASE = 9000
+_PIPELINE_SLOTS = 100
+_KINDS: dict[OutputKind, tuple[int, str]] = {
+    OutputKind.SEG: (1, "SEG"),
+    OutputKind.SEG_LABELMAP: (2, "SEG-LM"),
+    OutputKind.SEG_FRACTIONAL: (3, "SEG-P"),
+    OutputKind.RTSTRUCT: (4, "RTSS"),
+    OutputKind.SR: (5, "SR"),
 }
+# Added when a result's number would equal its source series' own number.
+_COLLISION_STEP = 1000
 
 
 @dataclass(frozen=True)
@@ -38,24 +46,29 @@ class Provenance:
     rule: str
     pipeline: str
 
-    def series_description(self) -> str:
-        """``AI: <model> (<rule>)``, shortened to DICOM's 64 characters by trimming the model."""
-        suffix = f" ({self.rule})"
-        head = "AI: "
-        room = _LO_MAX - len(head) - len(suffix)
-        name = self.model_name
-        if room < 8:  # an absurdly long rule name: cut the whole text instead
-            return truncate(f"{head}{name}{suffix}", _LO_MAX)
-        return f"{head}{truncate(name, room)}{suffix}"
+    def series_description(self, kind: OutputKind) -> str:
+        """``<kind> <model id> (<rule>)``, at most DICOM's 64 characters.
+
+        Viewers cut descriptions short (OHIF's thumbnails after about 20 characters), so the
+        output kind and the model come first and the rule last.
+        """
+        return truncate(f"{_kind(kind)[1]} {self.model_id} ({self.rule})", _LO_MAX)
+
+    def series_number(self, kind: OutputKind, source_series_number: object = None) -> int:
+        """``9kpp``: k the output kind, pp the pipeline; never the source series' number."""
+        slot = zlib.crc32(self.pipeline.encode()) % _PIPELINE_SLOTS
+        number = _SERIES_BASE + 100 * _kind(kind)[0] + slot
+        if str(source_series_number or "").strip() == str(number):
+            number += _COLLISION_STEP
+        return number
 
     def content_description(self) -> str:
         return truncate(f"{self.model_name} {self.model_version}", _LO_MAX)
 
 
-def series_number(kind: OutputKind) -> int:
-    """The SeriesNumber of a result series of this kind."""
+def _kind(kind: OutputKind) -> tuple[int, str]:
     try:
-        return _SERIES_NUMBERS[kind]
+        return _KINDS[kind]
     except KeyError:
         raise ValueError(f"{kind} is not a DICOM output") from None
 

@@ -32,7 +32,6 @@ from .provenance import (
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
     Provenance,
-    series_number,
     truncate,
 )
 from .segments import Segment, present_segments
@@ -79,8 +78,8 @@ def write_rtstruct(
     # RT Series and General Equipment modules
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = uids.series_uid
-    ds.SeriesNumber = series_number(OutputKind.RTSTRUCT)
-    ds.SeriesDescription = provenance.series_description()
+    ds.SeriesNumber = provenance.series_number(OutputKind.RTSTRUCT, source.get("SeriesNumber"))
+    ds.SeriesDescription = provenance.series_description(OutputKind.RTSTRUCT)
     ds.SeriesDate = ds.InstanceCreationDate
     ds.SeriesTime = ds.InstanceCreationTime
     ds.OperatorsName = ""
@@ -93,7 +92,7 @@ def write_rtstruct(
     # Structure Set module
     ds.StructureSetLabel = "AI"
     ds.StructureSetName = truncate(provenance.model_name)
-    ds.StructureSetDescription = provenance.series_description()
+    ds.StructureSetDescription = provenance.series_description(OutputKind.RTSTRUCT)
     ds.InstanceNumber = 1
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime

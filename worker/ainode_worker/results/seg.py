@@ -24,11 +24,11 @@ from ainode.registry import LabelSpec
 from .errors import EmptyResultError, ResultInputError
 from .geometry import SliceGeometry
 from .provenance import (
+    CONTENT_CREATOR,
     MANUFACTURER,
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
     Provenance,
-    series_number,
     truncate,
 )
 from .segments import Segment, dicom_code, present_segments, relabel
@@ -92,7 +92,7 @@ def write_seg(
         segmentation_type=_SEGMENTATION_TYPES[kind],
         segment_descriptions=[_describe(s, provenance, algorithm_type) for s in segments],
         series_instance_uid=uids.series_uid,
-        series_number=series_number(kind),
+        series_number=provenance.series_number(kind, sources.first.get("SeriesNumber")),
         sop_instance_uid=uids.instance_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
@@ -105,7 +105,8 @@ def write_seg(
         content_description=provenance.content_description(),
         transfer_syntax_uid=_TRANSFER_SYNTAXES[kind],
         omit_empty_frames=True,
-        series_description=provenance.series_description(),
+        series_description=provenance.series_description(kind),
+        content_creator_name=CONTENT_CREATOR,
     )
     logger.info(
         "built %s with %d segments, %d frames", kind.value, len(segments), seg.NumberOfFrames

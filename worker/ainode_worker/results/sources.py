@@ -63,7 +63,19 @@ class SourceSeries:
 
     @cached_property
     def headers(self) -> list[Dataset]:
-        return source_headers(self.datasets)
+        """Pixel-free copies whose slice spacing is the one the positions show.
+
+        highdicom copies PixelMeasures (SliceThickness, SpacingBetweenSlices) from the source
+        images into a SEG. Older GE MR writes the gap between slices as SpacingBetweenSlices;
+        copied, it makes dcmqi and highdicom build a volume that misplaces every frame. The
+        copies carry the spacing computed from the checked positions instead, or none where the
+        slices are unevenly spaced (the standard allows that), and a SliceThickness.
+        """
+        spacing = self.geometry.even_slice_spacing()
+        headers = source_headers(self.datasets)
+        for header in headers:
+            _set_slice_measures(header, spacing)
+        return headers
 
     @property
     def first(self) -> Dataset:
@@ -90,6 +102,24 @@ def copy_patient_study(source: Dataset, target: Dataset) -> None:
             target[keyword] = source[keyword]
         elif keyword in _TYPE2_PATIENT_STUDY:
             setattr(target, keyword, "")
+
+
+def _set_slice_measures(header: Dataset, spacing: float | None) -> None:
+    # Elements are shared with the source dataset: replace them, never assign their values.
+    if "SpacingBetweenSlices" in header:
+        del header.SpacingBetweenSlices
+    if spacing is not None:
+        header.SpacingBetweenSlices = _decimal_string(spacing)
+    if not header.get("SliceThickness") and spacing is not None:
+        # absent or empty (Type 2 in CT), while a SEG's pixel measures need one: best estimate
+        if "SliceThickness" in header:
+            del header.SliceThickness
+        header.SliceThickness = _decimal_string(spacing)
+
+
+def _decimal_string(value: float) -> str:
+    """A DS within DICOM's 16 characters (micrometre precision is plenty for spacing)."""
+    return f"{value:.6g}"
 
 
 def _header(ds: Dataset) -> Dataset:

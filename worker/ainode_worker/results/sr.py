@@ -22,7 +22,7 @@ from ainode.registry import LabelSpec
 
 from .errors import ResultInputError
 from .geometry import SliceGeometry
-from .provenance import MANUFACTURER, Provenance, series_number, truncate
+from .provenance import MANUFACTURER, Provenance, truncate
 from .segments import Segment, dicom_code, present_segments
 from .sources import Sources, SourceSeries
 from .uids import hashed_uid, result_uids
@@ -76,12 +76,12 @@ def write_sr(
         evidence=[seg, *sources.headers],
         content=report,
         series_instance_uid=uids.series_uid,
-        series_number=series_number(OutputKind.SR),
+        series_number=provenance.series_number(OutputKind.SR, sources.first.get("SeriesNumber")),
         sop_instance_uid=uids.instance_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=provenance.series_description(),
+        series_description=provenance.series_description(OutputKind.SR),
     )
     logger.info("built SR with %d volume measurements", len(groups))
     return sr
