@@ -355,3 +355,28 @@ def test_negative_click_near_the_border_of_one_object_cuts_a_visible_part() -> N
     assert removed[z, y, x + 12] and cut.mask[z, y, x]
     columns = np.nonzero(removed)[2]
     assert columns.min() > x + 2, "only the side of the negative click goes"
+
+
+def test_a_deeper_negative_click_does_not_take_the_whole_object() -> None:
+    """A positive click near the border and a negative one deeper: the positive keeps its side.
+
+    On the distance map the deeper click floods first; without a neck that took all but a few
+    voxels of the object from the positive click.
+    """
+    grid = Geometry(shape=(40, 96, 112), spacing=(2.0, 0.8, 0.8))
+    ball = Sphere((40.0, 38.0, 44.0), 15.0, 150.0)
+    series = phantom_series(grid, shapes=[ball], noise_hu=20.0, seed=4)
+    z, y, x = centre_voxel(ball, grid)
+    near_edge, deeper = (x - 15, y, z), (x + 3, y, z)  # 12 mm and 2.4 mm from the centre
+    service = _service(series.volume)
+    whole = service.segment(model="regiongrow", series=series.uid, points=(Point(*near_edge),))
+    assert dice(whole.mask, series.phantom.labels == 1) >= 0.85
+    cut = service.segment(
+        model="regiongrow",
+        session=whole.session,
+        points=(Point(*near_edge), Point(*deeper, False)),
+    )
+    kept = cut.mask.astype(bool)
+    assert kept[near_edge[2], near_edge[1], near_edge[0]] and not kept[z, y, x + 3]
+    assert kept.sum() >= 0.2 * whole.mask.sum()
+    assert np.nonzero(kept)[2].max() < x + 3, "only the side of the positive click stays"

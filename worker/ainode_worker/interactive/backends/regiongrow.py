@@ -362,9 +362,9 @@ class RegionGrowBackend:
         When the negative clicks are on another tissue than the positive ones (a neighbour
         of similar intensity touching the object broadly, with no neck), that tissue goes
         (:meth:`_unlike`). On one tissue without a neck (a negative click near the border of
-        one round object) the distance split hands the negative clicks a few voxels, the deep
-        positive click flooding everything first: when the negative side holds less than half
-        the ball each negative click sits in, the part is cut halfway between the clicks.
+        one round object) the distance split hands the shallower clicks a few voxels, the
+        deeper ones flooding everything first: when either side keeps less than half the balls
+        its clicks sit in, the part is cut halfway between the clicks instead.
         """
 
         def local(point: Point) -> tuple[int, int, int] | None:
@@ -402,9 +402,14 @@ class RegionGrowBackend:
             if dropped is None:  # one tissue: cut at the narrowest neck, or else halfway
                 part_distance = distance()[box]
                 dropped = _split(-part_distance, markers, mask=part) == 2
-                depths = [float(part_distance[v]) for v in negatives_here]
-                ball = sum(4.0 / 3.0 * np.pi * d**3 for d in depths) / float(np.prod(view.spacing))
-                if np.count_nonzero(dropped) < 0.5 * ball:
+
+                # A neck leaves each side at least half of its clicks' balls; else the deeper
+                # clicks' side flooded the other (no neck): cut halfway instead.
+                if np.count_nonzero(dropped) < 0.5 * _balls(
+                    part_distance, negatives_here, view.spacing
+                ) or np.count_nonzero(part & ~dropped) < 0.5 * _balls(
+                    part_distance, mine, view.spacing
+                ):
                     flat = np.zeros(part.shape, dtype=np.float32)  # ties: breadth first
                     dropped = _split(flat, markers, mask=part) == 2
             remaining, _ = ndi.label(part & ~dropped, _CROSS)  # what the positives still reach
@@ -520,6 +525,14 @@ def _otsu(values: npt.NDArray[Any]) -> float | None:
 
 def _point_box(voxel: tuple[int, int, int]) -> Bounds:
     return _bounds(slice(v, v + 1) for v in voxel)
+
+
+def _balls(
+    distance: Float3D, voxels: list[tuple[int, int, int]], spacing: tuple[float, float, float]
+) -> float:
+    """Voxels in the balls that clicks sit in (radius: their distance to the border, mm)."""
+    volume = sum(4.0 / 3.0 * np.pi * float(distance[v]) ** 3 for v in voxels)
+    return volume / float(np.prod(spacing))
 
 
 def _computed_array(array: Float3D) -> Computed:
