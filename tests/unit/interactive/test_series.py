@@ -155,3 +155,26 @@ def test_a_viewer_prefetches_a_series_and_the_first_click_finds_it(
             f"{served.url}/segment", json={**click, "series": "1.2.3.4"}, timeout=60
         )
         assert answer.status_code == 404
+
+
+def test_a_series_no_session_uses_can_be_dropped(series: PhantomSeries) -> None:
+    loader = DecodingLoader({series.uid: series.volume})
+    service = _service(loader)
+    x, y, z = object_click(series.phantom, 1)
+    click = {"series": series.uid, "points": [{"x": x, "y": y, "z": z}]}
+    with ServedApp(create_app(service.config, service=service)) as served:
+        session = requests.post(f"{served.url}/segment", json=click, timeout=60).json()["session"]
+        busy = requests.delete(f"{served.url}/series/{series.uid}", timeout=30)
+        assert busy.status_code == 200 and busy.json() == {
+            "series": series.uid,
+            "dropped": False,
+            "users": 1,
+        }
+        requests.delete(f"{served.url}/sessions/{session}", timeout=30).raise_for_status()
+        dropped = requests.delete(f"{served.url}/series/{series.uid}", timeout=30)
+        assert dropped.status_code == 200 and dropped.json()["dropped"] is True
+        assert requests.get(f"{served.url}/series", timeout=30).json()["series"] == []
+        assert requests.delete(f"{served.url}/series/{series.uid}", timeout=30).status_code == 404
+        answer = requests.post(f"{served.url}/segment", json=click, timeout=60)
+        assert answer.status_code == 200 and answer.json()["timings"]["load_ms"] > 0
+        assert loader.loads == [series.uid, series.uid]

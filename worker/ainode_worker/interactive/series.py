@@ -133,6 +133,14 @@ class SeriesCache:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.entries())
 
+    def drop(self, reference: str) -> SharedSeries | None:
+        """Forget the series if no session uses it; the entry (users > 0 if still used)."""
+        with self._lock:
+            shared = self._names.get(reference)
+            if shared is not None and shared.users == 0 and not shared.load_lock.locked():
+                self._forget(shared)
+        return shared
+
     def evict_unused(self) -> SharedSeries | None:
         """Drop the least recently used series nobody uses (nor is loading); ``None`` if none."""
         with self._lock:

@@ -29,6 +29,7 @@ from .errors import (
     BusyError,
     NothingToAcceptError,
     SeriesMismatchError,
+    SeriesNotFoundError,
     UnknownModelError,
 )
 from .orthanc import OrthancClient, StoredInstance
@@ -248,6 +249,14 @@ class InteractiveService:
             raise BadRequestError("name the series to prefetch")
         assert self.store.series is not None
         return self.store.series.prefetch(series.strip()).summary(self._clock())
+
+    def drop_series(self, series: str) -> dict[str, Any]:
+        """Free a series no session uses (its next first click loads it again)."""
+        assert self.store.series is not None
+        shared = self.store.series.drop(series)
+        if shared is None:
+            raise SeriesNotFoundError(f"this service holds no series '{series}'")
+        return {"series": series, "dropped": shared.users == 0, "users": shared.users}
 
     def series(self) -> list[dict[str, Any]]:
         """The shared series held: state, users, memory."""
