@@ -364,7 +364,7 @@ class RegionGrowBackend:
         (:meth:`_unlike`). On one tissue without a neck (a negative click near the border of
         one round object) the distance split hands the shallower clicks a few voxels, the
         deeper ones flooding everything first: when either side keeps less than half the balls
-        its clicks sit in, the part is cut halfway between the clicks instead.
+        its clicks sit in, the part is cut halfway instead (each voxel to its nearest click).
         """
 
         def local(point: Point) -> tuple[int, int, int] | None:
@@ -410,8 +410,7 @@ class RegionGrowBackend:
                 ) or np.count_nonzero(part & ~dropped) < 0.5 * _balls(
                     part_distance, mine, view.spacing
                 ):
-                    flat = np.zeros(part.shape, dtype=np.float32)  # ties: breadth first
-                    dropped = _split(flat, markers, mask=part) == 2
+                    dropped = _nearer(part.shape, negatives_here, mine, view.spacing) & part
             remaining, _ = ndi.label(part & ~dropped, _CROSS)  # what the positives still reach
             kept[box] |= np.isin(remaining, [remaining[v] for v in mine if remaining[v]])
         log.debug("negative clicks removed %d voxels", int(region.sum() - kept.sum()))
@@ -525,6 +524,28 @@ def _otsu(values: npt.NDArray[Any]) -> float | None:
 
 def _point_box(voxel: tuple[int, int, int]) -> Bounds:
     return _bounds(slice(v, v + 1) for v in voxel)
+
+
+def _nearer(
+    shape: tuple[int, ...],
+    these: list[tuple[int, int, int]],
+    those: list[tuple[int, int, int]],
+    spacing: tuple[float, float, float],
+) -> Bool3D:
+    """Voxels nearer (in mm) to one of ``these`` clicks than to any of ``those``."""
+
+    def nearest(clicks: list[tuple[int, int, int]]) -> Float3D:
+        best = np.full(shape, np.inf, dtype=np.float32)
+        for click in clicks:
+            axes = [
+                ((np.arange(n, dtype=np.float32) - c) * s) ** 2
+                for n, c, s in zip(shape, click, spacing, strict=True)
+            ]
+            squared = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+            np.minimum(best, squared, out=best)
+        return best
+
+    return np.asarray(nearest(these) < nearest(those))
 
 
 def _balls(
