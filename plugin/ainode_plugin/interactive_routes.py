@@ -48,7 +48,7 @@ ROUTES: tuple[tuple[str, tuple[str, ...], Callable[[tuple[str, ...]], str]], ...
     (r"/ai/interactive/sessions", ("GET",), lambda g: "/sessions"),
     (r"/ai/interactive/health", ("GET",), lambda g: "/health"),
     (
-        r"/ai/interactive/series/([0-9A-Za-z._-]+)/prefetch",
+        r"/ai/interactive/series/([0-9A-Za-z][0-9A-Za-z._-]*)/prefetch",
         ("POST",),
         lambda g: f"/series/{g[0]}/prefetch",
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 import requests
+from ainode_plugin.http import Request, Router
+from ainode_plugin.interactive_routes import add_interactive_routes
 from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.errors import SeriesNotFoundError
@@ -178,3 +181,29 @@ def test_a_series_no_session_uses_can_be_dropped(series: PhantomSeries) -> None:
         answer = requests.post(f"{served.url}/segment", json=click, timeout=60)
         assert answer.status_code == 200 and answer.json()["timings"]["load_ms"] > 0
         assert loader.loads == [series.uid, series.uid]
+
+
+def test_orthanc_forwards_prefetch_and_the_series_list(series: PhantomSeries) -> None:
+    """The plugin's routes (as Orthanc calls them) reach the service's prefetch and list."""
+    loader = DecodingLoader({series.uid: series.volume})
+    service = _service(loader)
+    router = Router()
+    with ServedApp(create_app(service.config, service=service)) as served:
+        add_interactive_routes(router, served.url, timeout_s=60)
+        answer = router.dispatch(Request("POST", f"/ai/interactive/series/{series.uid}/prefetch"))
+        assert answer.status == 202, answer.body
+        assert json.loads(answer.body)["series"] == series.uid
+
+        def ready() -> bool:
+            listed = router.dispatch(Request("GET", "/ai/interactive/series"))
+            held = json.loads(listed.body)["series"]
+            return listed.status == 200 and bool(held) and held[0]["state"] == "ready"
+
+        wait_for(ready, 60, 0.05, "the prefetched series")
+        assert loader.loads == [series.uid]
+        # A path that is no series reference goes nowhere.
+        for path in (
+            "/ai/interactive/series/../health/prefetch",
+            "/ai/interactive/series/../prefetch",
+        ):
+            assert router.dispatch(Request("POST", path)).status == 404
