@@ -46,11 +46,11 @@ class SharedSeries:
     @property
     def nbytes(self) -> int:
         volume = int(self.volume.array.nbytes) if self.volume is not None else 0
-        return volume + sum(c.nbytes for c in self.caches.values())
+        return volume + sum(c.nbytes for c in list(self.caches.values()))
 
     @property
     def gpu_nbytes(self) -> int:
-        return sum(c.gpu_nbytes for c in self.caches.values())
+        return sum(c.gpu_nbytes for c in list(self.caches.values()))
 
     def cache(self, model: str) -> FeatureCache:
         return self.caches.setdefault(model, FeatureCache())
