@@ -30,12 +30,13 @@ from .errors import (
     NothingToAcceptError,
     SeriesMismatchError,
     SeriesNotFoundError,
+    SessionNotFoundError,
     UnknownModelError,
 )
 from .orthanc import OrthancClient, StoredInstance
 from .prompts import Bounds, Box, Mask, Point, Prompts, mask_bounds, voxel_count
 from .series import SeriesCache, SharedSeries
-from .sessions import Clock, Session, SessionStore
+from .sessions import Clock, Session, SessionStore, VolumeView
 from .volumes import VolumeLoader
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ class InteractiveService:
         with self._locked(state):
             shared, timings.load_ms = self._attach(state, series)
             source = state.volume
-            assert source is not None
-            view = state.view
+            if source is None:  # closed by another request since
+                raise SessionNotFoundError(f"session {state.id} was closed; start a new one")
+            view = VolumeView(source.array, source.spacing)
             keep = use_previous_mask and state.last_model == model
             prompts = Prompts(
                 points=points,
