@@ -207,3 +207,17 @@ def test_orthanc_forwards_prefetch_and_the_series_list(series: PhantomSeries) ->
             "/ai/interactive/series/../prefetch",
         ):
             assert router.dispatch(Request("POST", path)).status == 404
+
+
+def test_one_series_named_by_orthanc_id_and_by_uid_is_held_once(series: PhantomSeries) -> None:
+    orthanc_id = "0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"
+    loader = DecodingLoader({series.uid: series.volume, orthanc_id: series.volume})
+    service = _service(loader)
+    click = (Point(*object_click(series.phantom, 1)),)
+    by_id = service.segment(model="regiongrow", series=orthanc_id, points=click)
+    by_uid = service.segment(model="regiongrow", series=series.uid, points=click)
+    assert loader.loads == [orthanc_id]
+    assert by_uid.timings.features_computed == 0
+    held = service.series()
+    assert len(held) == 1 and held[0]["users"] == 2
+    assert service.store.get(by_id.session).volume is service.store.get(by_uid.session).volume
