@@ -5,6 +5,8 @@ Viewers talk to Orthanc only (one origin, one login); these handlers forward
 * ``/ai/interactive/segment`` -> ``/segment``
 * ``/ai/interactive/sessions/{id}/reset`` and ``.../accept`` -> ``/sessions/{id}/...``
 * ``/ai/interactive/sessions`` and ``/ai/interactive/health`` -> ``/sessions``, ``/health``
+* ``/ai/interactive/series/{series}/prefetch`` and ``/ai/interactive/series`` -> ``/series/...``
+  (a viewer prefetches the series it opens)
 * ``/ai/monailabel/...`` -> ``/monailabel/...`` (MONAI Label clients: set the server URL to
   ``http(s)://<orthanc>/ai/monailabel``)
 
@@ -45,6 +47,12 @@ ROUTES: tuple[tuple[str, tuple[str, ...], Callable[[tuple[str, ...]], str]], ...
     (r"/ai/interactive/sessions/([0-9A-Za-z_-]+)", ("DELETE",), lambda g: f"/sessions/{g[0]}"),
     (r"/ai/interactive/sessions", ("GET",), lambda g: "/sessions"),
     (r"/ai/interactive/health", ("GET",), lambda g: "/health"),
+    (
+        r"/ai/interactive/series/([0-9A-Za-z][0-9A-Za-z._-]*)/prefetch",
+        ("POST",),
+        lambda g: f"/series/{g[0]}/prefetch",
+    ),
+    (r"/ai/interactive/series", ("GET",), lambda g: "/series"),
     (r"/ai/monailabel(/.*)?", ("GET", "POST"), lambda g: "/monailabel" + (g[0] or "/")),
 )
 

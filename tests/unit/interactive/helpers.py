@@ -149,3 +149,49 @@ class ServedApp:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+# Fractions of the way from an object's centre to its last voxel along a ray; ``EDGE`` is the
+# voxel one step inside the last one ("one voxel inside the edge").
+EDGE = 1.0
+DEPTHS = (0.0, 0.3, 0.6, 0.8, EDGE)
+# Rays (slice, row, column) along which clicks move from the centre: axes and diagonals.
+RAYS = (
+    (0, 0, 1),
+    (0, -1, 0),
+    (1, 0, 0),
+    (-1, 0, 0),
+    (0, 1, 1),
+    (1, -1, 1),
+    (-1, 1, -1),
+)
+
+
+def clicks_at_depths(
+    truth: np.ndarray,
+    centre: tuple[int, int, int],
+    rays: tuple[tuple[int, int, int], ...] = RAYS,
+    depths: tuple[float, ...] = DEPTHS,
+) -> list[tuple[tuple[int, int, int], str]]:
+    """(x, y, z) clicks inside ``truth`` from ``centre`` towards its edge along each ray.
+
+    Along a ray (whole voxel steps, diagonals included) the last step still inside ``truth`` is
+    found; a click at depth ``f`` lies ``f`` of the way to the step before it, so ``EDGE`` is
+    the voxel whose next neighbour along the ray is the object's outermost voxel.
+    """
+    clicks: list[tuple[tuple[int, int, int], str]] = []
+    for ray in rays:
+        steps = 0
+        while True:
+            z, y, x = (c + (steps + 1) * r for c, r in zip(centre, ray, strict=True))
+            inside = all(0 <= v < n for v, n in zip((z, y, x), truth.shape, strict=True))
+            if not inside or not truth[z, y, x]:
+                break
+            steps += 1
+        last = max(steps - 1, 0)
+        for depth in depths:
+            k = round(depth * last)
+            z, y, x = (c + k * r for c, r in zip(centre, ray, strict=True))
+            assert truth[z, y, x]
+            clicks.append(((int(x), int(y), int(z)), f"ray {ray} depth {depth:g} ({k}/{steps})"))
+    return clicks

@@ -132,8 +132,10 @@ def test_compressed_series_come_back_as_stored_and_decode(
     series = phantom_series(Geometry(shape=(4, 32, 32), spacing=(2.5, 0.8, 0.8)), seed=4)
     for ds in series.datasets:
         ds.compress(syntax)
-    client = OrthancClient(orthanc.url, orthanc.auth)
-    datasets = client.series_datasets(orthanc.upload(series))
-    assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {syntax}
-    volume = volume_from_datasets(datasets)
-    np.testing.assert_array_equal(volume.array, series.phantom.image.astype(np.float32))
+    client = OrthancClient(orthanc.url, orthanc.auth, parallel=3)
+    series_id = orthanc.upload(series)
+    # One WADO-RS answer (jobs) and instances fetched and decoded in parallel (clicks).
+    for datasets in (client.series_datasets(series_id), client.series_datasets_parallel(series_id)):
+        assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {syntax}
+        volume = volume_from_datasets(datasets)
+        np.testing.assert_array_equal(volume.array, series.phantom.image.astype(np.float32))

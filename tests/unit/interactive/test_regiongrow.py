@@ -23,7 +23,14 @@ from ainode.phantoms import (
     random_shapes,
 )
 
-from .helpers import dice, object_click, phantom_series
+from .helpers import (
+    EDGE,
+    PhantomSeries,
+    clicks_at_depths,
+    dice,
+    object_click,
+    phantom_series,
+)
 
 GEOMETRIES = {
     "axial": Geometry(),
@@ -233,3 +240,143 @@ def test_block_wise_smoothing_equals_smoothing_the_whole_volume() -> None:
         box = (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2]))
         assert np.array_equal(smoothed.window(box), whole[box])
     assert not smoothed.done.all(), "the boxes should have left some blocks untouched"
+
+
+# The issue's floor: spheres of radius >= 10 mm and boxes, 90 HU over noise of sd 20 HU.
+DEPTH_GRIDS = {
+    "axial": Geometry(shape=(40, 80, 96), spacing=(2.5, 0.8, 0.8)),
+    "thin-slices": Geometry(shape=(50, 72, 72), spacing=(1.0, 0.7, 0.7)),
+    "anisotropic": Geometry(shape=(30, 72, 90), spacing=(3.0, 0.7, 0.9)),
+}
+
+
+@pytest.mark.parametrize("hu", [90.0, 200.0])
+@pytest.mark.parametrize("kind", ["sphere", "box"])
+@pytest.mark.parametrize("grid", DEPTH_GRIDS.values(), ids=DEPTH_GRIDS.keys())
+def test_a_click_anywhere_inside_an_object_segments_it(
+    grid: Geometry, kind: str, hu: float
+) -> None:
+    """Clicks from the centre to one voxel inside the edge, along axes and diagonals.
+
+    Near an edge the click's neighbourhood holds object and background: before the tissue
+    statistics kept only the click's side, such clicks leaked or were refused as background.
+    """
+    extent = grid.extent_mm
+    centre = (extent[0] / 2, extent[1] / 2, extent[2] / 2)
+    shape = Sphere(centre, 10.0, hu) if kind == "sphere" else BoxShape(centre, (8.0, 9.0, 7.0), hu)
+    series = phantom_series(grid, shapes=[shape], noise_hu=20.0, seed=int(hu))
+    truth = series.phantom.labels > 0
+    service = _service(series.volume)
+    failed = []
+    for (x, y, z), where in clicks_at_depths(truth, centre_voxel(shape, grid)):
+        result = service.segment(model="regiongrow", series=series.uid, points=(Point(x, y, z),))
+        score = dice(result.mask, truth)
+        if score < 0.85:
+            failed.append(f"{where}: Dice {score:.3f}")
+    assert not failed, failed
+
+
+def test_a_click_one_voxel_inside_the_edge_on_a_512_grid() -> None:
+    """The issue's 512x512 case: clicks next to a sphere's edge were refused as background."""
+    grid = Geometry(shape=(24, 512, 512), spacing=(2.0, 0.7, 0.7))
+    sphere = Sphere((23.0, 150.0, 200.0), 12.0, 120.0)
+    series = phantom_series(grid, shapes=[sphere], noise_hu=20.0, seed=11)
+    truth = series.phantom.labels > 0
+    service = _service(series.volume)
+    clicks = clicks_at_depths(truth, centre_voxel(sphere, grid), depths=(EDGE,))
+    for (x, y, z), where in clicks:
+        result = service.segment(model="regiongrow", series=series.uid, points=(Point(x, y, z),))
+        assert dice(result.mask, truth) >= 0.85, where
+
+
+def _touching_boxes(hu: float) -> tuple[PhantomSeries, np.ndarray, np.ndarray]:
+    """Two boxes sharing a whole face (no neck at all), 150 HU and ``hu``; truths of each."""
+    grid = Geometry(shape=(40, 96, 112), spacing=(2.0, 0.8, 0.8))
+    first = BoxShape((40.0, 38.0, 30.0), (12.0, 12.0, 12.0), 150.0)
+    second = BoxShape((40.0, 38.0, 54.0), (12.0, 12.0, 12.0), hu)
+    series = phantom_series(grid, shapes=[first, second], noise_hu=20.0, seed=3)
+    nz, ny, nx = grid.shape
+    zz, yy, xx = (
+        (np.arange(n) * s).reshape(r)
+        for n, s, r in zip(
+            grid.shape, grid.spacing, ((nz, 1, 1), (1, ny, 1), (1, 1, nx)), strict=True
+        )
+    )
+    in_second = np.broadcast_to(second.mask(zz, yy, xx), grid.shape)
+    in_first = np.broadcast_to(first.mask(zz, yy, xx), grid.shape) & ~in_second
+    return series, in_first, in_second
+
+
+@pytest.mark.parametrize("hu", [170.0, 185.0])
+@pytest.mark.parametrize("where", ["centre", "corner"])
+def test_negative_click_removes_a_neighbour_touching_without_a_neck(hu: float, where: str) -> None:
+    series, first, second = _touching_boxes(hu)
+    click = object_click(series.phantom, 2)  # the middle of both boxes together
+    centre = (round(30.0 / 0.8), round(38.0 / 0.8), 20)
+    other = (round(54.0 / 0.8), round(38.0 / 0.8), 20)
+    if where == "corner":  # 4 mm inside two faces of the second box
+        other = (other[0] + 8, other[1] + 10, other[2] + 4)
+    assert second[other[2], other[1], other[0]] and click
+    service = _service(series.volume)
+    grown = service.segment(model="regiongrow", series=series.uid, points=(Point(*centre),))
+
+    def covered(mask: np.ndarray) -> float:
+        return float((mask.astype(bool) & second).sum() / second.sum())
+
+    assert covered(grown.mask) >= 0.9, "the test needs the neighbour in the mask"
+    fixed = service.segment(
+        model="regiongrow",
+        session=grown.session,
+        points=(Point(*centre), Point(*other, False)),
+    )
+    assert covered(fixed.mask) <= 0.02
+    assert dice(fixed.mask, first) >= 0.9
+
+
+def test_negative_click_near_the_border_of_one_object_cuts_a_visible_part() -> None:
+    """One uniform ball, no neck: the cut falls about halfway between the two clicks.
+
+    Before, the deep positive click's flood left the negative click 7 voxels of 10 858.
+    """
+    grid = Geometry(shape=(40, 96, 112), spacing=(2.0, 0.8, 0.8))
+    ball = Sphere((40.0, 38.0, 44.0), 15.0, 150.0)
+    series = phantom_series(grid, shapes=[ball], noise_hu=20.0, seed=3)
+    z, y, x = centre_voxel(ball, grid)
+    service = _service(series.volume)
+    whole = service.segment(model="regiongrow", series=series.uid, points=(Point(x, y, z),))
+    cut = service.segment(
+        model="regiongrow",
+        session=whole.session,
+        points=(Point(x, y, z), Point(x + 12, y, z, False)),
+    )
+    removed = whole.mask.astype(bool) & ~cut.mask.astype(bool)
+    assert not (cut.mask.astype(bool) & ~whole.mask.astype(bool)).any()
+    assert removed.sum() >= 0.1 * whole.mask.sum()
+    assert removed[z, y, x + 12] and cut.mask[z, y, x]
+    columns = np.nonzero(removed)[2]
+    assert columns.min() > x + 2, "only the side of the negative click goes"
+
+
+def test_a_deeper_negative_click_does_not_take_the_whole_object() -> None:
+    """A positive click near the border and a negative one deeper: the positive keeps its side.
+
+    On the distance map the deeper click floods first; without a neck that took all but a few
+    voxels of the object from the positive click.
+    """
+    grid = Geometry(shape=(40, 96, 112), spacing=(2.0, 0.8, 0.8))
+    ball = Sphere((40.0, 38.0, 44.0), 15.0, 150.0)
+    series = phantom_series(grid, shapes=[ball], noise_hu=20.0, seed=4)
+    z, y, x = centre_voxel(ball, grid)
+    near_edge, deeper = (x - 15, y, z), (x + 3, y, z)  # 12 mm and 2.4 mm from the centre
+    service = _service(series.volume)
+    whole = service.segment(model="regiongrow", series=series.uid, points=(Point(*near_edge),))
+    assert dice(whole.mask, series.phantom.labels == 1) >= 0.85
+    cut = service.segment(
+        model="regiongrow",
+        session=whole.session,
+        points=(Point(*near_edge), Point(*deeper, False)),
+    )
+    kept = cut.mask.astype(bool)
+    assert kept[near_edge[2], near_edge[1], near_edge[0]] and not kept[z, y, x + 3]
+    assert kept.sum() >= 0.2 * whole.mask.sum()
+    assert np.nonzero(kept)[2].max() < x + 3, "only the side of the positive click stays"

@@ -70,14 +70,17 @@ def test_masks_are_deterministic_and_reuse_embeddings(
     assert corrected.timings.features_reused == corrected.timings.slices_decoded
     assert corrected.timings.embed_ms == 0.0
 
+    # Another session on the series shares its embeddings and decodes: nothing is computed.
     fresh = service.segment(model=model, series=series.uid, points=click)
     assert fresh.session != first.session
     assert np.array_equal(fresh.mask, first.mask)
+    assert fresh.timings.features_computed == 0 and fresh.timings.slices_decoded == 0
 
 
 def test_a_correction_on_another_slice_recomputes_only_what_it_changes(
-    service: InteractiveService, series: PhantomSeries
+    sam_models: Path, series: PhantomSeries
 ) -> None:
+    service = _service(sam_models, series)  # nothing cached yet
     slices = series.volume.shape[0]
     x, y, z = object_click(series.phantom, 1)
     first = service.segment(model="sam-onnx", series=series.uid, points=(Point(x, y, z),))
@@ -86,8 +89,10 @@ def test_a_correction_on_another_slice_recomputes_only_what_it_changes(
     corrected = service.segment(model="sam-onnx", session=first.session, points=prompts)
     assert 0 < corrected.timings.slices_decoded < first.timings.slices_decoded
     assert corrected.timings.decodes_reused >= 2  # the anchor and the untouched side
-    # Cached pieces give exactly what a fresh session computes from scratch.
-    fresh = service.segment(model="sam-onnx", series=series.uid, points=prompts)
+    # Cached pieces give exactly what a fresh service computes from scratch.
+    fresh = _service(sam_models, series).segment(
+        model="sam-onnx", series=series.uid, points=prompts
+    )
     assert fresh.timings.decodes_reused == 0
     assert np.array_equal(fresh.mask, corrected.mask)
 

@@ -25,6 +25,10 @@ Endpoints (JSON unless said otherwise; errors are ``{"error": message, "type": c
     Close a session and free its memory.
 ``GET /sessions``, ``GET /health``
     Sessions with their memory and cache statistics; models, memory and concurrency.
+``POST /series/{series}/prefetch``, ``GET /series``, ``DELETE /series/{series}``
+    Start loading a series a viewer has opened (202, answers at once with its state:
+    ``loading``, ``ready`` or ``failed``); the series held, each once for all its sessions;
+    free a series that no session uses.
 ``/monailabel/...``
     The subset of MONAI Label's API that its viewer clients use (see :mod:`.monailabel`).
 
@@ -319,3 +323,15 @@ def _add_routes(app: FastAPI, service: InteractiveService) -> None:
     @app.get("/health")
     def health() -> dict[str, Any]:
         return service.health()
+
+    @app.post("/series/{series}/prefetch", status_code=202)
+    def prefetch(series: str) -> dict[str, Any]:
+        return service.prefetch(series)
+
+    @app.get("/series")
+    def series_held() -> dict[str, Any]:
+        return {"series": service.series()}
+
+    @app.delete("/series/{series}")
+    def drop(series: str) -> dict[str, Any]:
+        return service.drop_series(series)

@@ -33,8 +33,9 @@ class Computed:
 class FeatureCache:
     """LRU cache of one model's features for one session's volume.
 
-    Not thread-safe by itself: a session's caches are only touched under the session's lock
-    (requests) or after the store made sure the session is idle (eviction).
+    Not thread-safe by itself: a series' caches are only changed under the series' lock
+    (requests) or once no session uses the series (eviction); only the byte counts are read
+    from other threads.
     """
 
     def __init__(self) -> None:
@@ -62,11 +63,16 @@ class FeatureCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values() if not e.on_gpu)
+        return sum(e.nbytes for e in self._snapshot() if not e.on_gpu)
 
     @property
     def gpu_nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values() if e.on_gpu)
+        return sum(e.nbytes for e in self._snapshot() if e.on_gpu)
+
+    def _snapshot(self) -> list[CacheEntry]:
+        """The entries, copied at once (under the GIL): memory accounting runs in other
+        requests' threads while a click on the series adds entries."""
+        return list(self._entries.values())
 
     def trim(self, max_bytes: int) -> int:
         """Drop least recently used host-memory entries until at most ``max_bytes`` remain."""

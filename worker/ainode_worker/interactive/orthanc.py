@@ -1,16 +1,20 @@
 """Orthanc over its REST API: find a series, fetch its instances, store a result.
 
 The interactive service runs beside (not inside) Orthanc, so it talks HTTP like any client.
-A series may be named by Orthanc id or by SeriesInstanceUID (``/tools/lookup``). A series'
-instances come in one WADO-RS answer because a 300-slice CT would otherwise be 300 round trips.
+A series may be named by Orthanc id or by SeriesInstanceUID (``/tools/lookup``). For a job a
+series' instances come in one WADO-RS answer (a 300-slice CT would otherwise be 300 round
+trips); for a click, where the wait is a user's, they come several at a time in parallel and
+are decoded as they arrive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +132,27 @@ class OrthancClient:
                 f"series {series_id}: an instance is not valid DICOM ({error})"
             ) from error
 
+    def series_datasets_parallel(self, series_id: str) -> list[Dataset]:
+        """Every instance of the series, fetched ``parallel`` at a time and decoded as they come.
+
+        Fetching (Orthanc reads files), parsing and decoding pixels (pydicom keeps the decoded
+        array, which the volume builder then takes) overlap across threads instead of
+        following one another: on a 200 x 512^2 CT the one WADO-RS answer took 0.8-1.0 s to
+        arrive and parse, and decoding after it 0.5-1.3 s more (busy 2-core machine).
+        """
+        ids = self.instance_ids(series_id)
+        if not ids:
+            raise VolumeUnusableError(f"series {series_id} has no instances")
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(ids))) as pool:
+            return list(pool.map(self._decoded_instance, ids))
+
+    def _decoded_instance(self, instance_id: str) -> Dataset:
+        dataset = self.instance_dataset(instance_id)
+        with contextlib.suppress(Exception):  # undecodable: the volume builder says why
+            if "PixelData" in dataset:
+                dataset.pixel_array  # noqa: B018 - decoded now, in this thread; pydicom keeps it
+        return dataset
+
     def store(self, dicom_bytes: bytes) -> StoredInstance:
         answer = self._request(
             "POST",
@@ -173,6 +198,6 @@ class OrthancVolumeLoader:
 
     def load(self, series: str) -> Volume:
         series_id = self.client.resolve_series(series)
-        datasets: Sequence[Dataset] = self.client.series_datasets(series_id)
+        datasets: Sequence[Dataset] = self.client.series_datasets_parallel(series_id)
         log.info("loaded series %s from Orthanc: %d instances", series_id, len(datasets))
         return volume_from_datasets(datasets)

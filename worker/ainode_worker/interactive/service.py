@@ -29,11 +29,14 @@ from .errors import (
     BusyError,
     NothingToAcceptError,
     SeriesMismatchError,
+    SeriesNotFoundError,
+    SessionNotFoundError,
     UnknownModelError,
 )
 from .orthanc import OrthancClient, StoredInstance
 from .prompts import Bounds, Box, Mask, Point, Prompts, mask_bounds, voxel_count
-from .sessions import Clock, Session, SessionStore
+from .series import SeriesCache, SharedSeries
+from .sessions import Clock, Session, SessionStore, VolumeView
 from .volumes import VolumeLoader
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,7 @@ class InteractiveService:
             max_session_bytes=config.max_session_bytes,
             idle_ttl_s=config.idle_ttl_s,
             clock=clock,
+            series=SeriesCache(loader, clock),
         )
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
         self._gauge_lock = threading.Lock()
@@ -148,8 +152,11 @@ class InteractiveService:
         state = self._session(series, session, keyed_session)
         timings = Timings()
         with self._locked(state):
-            source, timings.load_ms = self._ensure_volume(state, series)
-            view = state.view
+            shared, timings.load_ms = self._attach(state, series)
+            source = state.volume
+            if source is None:  # closed by another request since
+                raise SessionNotFoundError(f"session {state.id} was closed; start a new one")
+            view = VolumeView(source.array, source.spacing)
             keep = use_previous_mask and state.last_model == model
             prompts = Prompts(
                 points=points,
@@ -160,18 +167,18 @@ class InteractiveService:
             prompts.validate(source.shape)
             backend.ensure_ready()
             waited = time.perf_counter()
-            with self._slot():
+            with self._slot(), self._features(shared):
                 timings.queue_ms += (time.perf_counter() - waited) * 1000.0
                 timings.compute_started_s = time.monotonic()
                 outcome = backend.segment(view, prompts, state.cache(model))
                 timings.compute_finished_s = time.monotonic()
-            bounds = outcome.bounds if outcome.bounds is not None else mask_bounds(outcome.mask)
-            state.last_mask = outcome.mask
-            state.last_bounds = bounds
-            state.last_model = model
-            state.requests += 1
-            self.store.touch(state)
-            self.store.enforce_budget(state)
+                bounds = outcome.bounds if outcome.bounds is not None else mask_bounds(outcome.mask)
+                state.last_mask = outcome.mask
+                state.last_bounds = bounds
+                state.last_model = model
+                state.requests += 1
+                self.store.touch(state)
+                self.store.enforce_budget(state)  # may trim the series' features: under its lock
         timings.embed_ms = outcome.embed_ms
         timings.decode_ms = outcome.decode_ms
         timings.features_computed = outcome.features_computed
@@ -238,6 +245,27 @@ class InteractiveService:
     def close_session(self, session: str) -> bool:
         return self.store.remove(session)
 
+    def prefetch(self, series: str) -> dict[str, Any]:
+        """Start loading a series that a viewer opened, so that its first click finds it."""
+        if not series.strip():
+            raise BadRequestError("name the series to prefetch")
+        assert self.store.series is not None
+        return self.store.series.prefetch(series.strip()).summary(self._clock())
+
+    def drop_series(self, series: str) -> dict[str, Any]:
+        """Free a series no session uses (its next first click loads it again)."""
+        assert self.store.series is not None
+        shared = self.store.series.drop(series)
+        if shared is None:
+            raise SeriesNotFoundError(f"this service holds no series '{series}'")
+        return {"series": series, "dropped": shared.users == 0, "users": shared.users}
+
+    def series(self) -> list[dict[str, Any]]:
+        """The shared series held: state, users, memory."""
+        assert self.store.series is not None
+        now = self._clock()
+        return [s.summary(now) for s in self.store.series.entries()]
+
     def sessions(self) -> list[dict[str, Any]]:
         now = self._clock()
         return [s.summary(now) for s in self.store.sessions()]
@@ -249,8 +277,11 @@ class InteractiveService:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "models": [b.describe() for b in self.backends.values()],
             "sessions": len(sessions),
-            "bytes": sum(s.nbytes for s in sessions),
-            "gpu_bytes": sum(s.gpu_nbytes for s in sessions),
+            "series": len(self.store.series.entries()) if self.store.series is not None else 0,
+            "bytes": self.store.total_bytes(),
+            "gpu_bytes": sum(s.gpu_nbytes for s in self.store.series.entries())
+            if self.store.series is not None
+            else 0,
             "max_total_bytes": self.config.max_total_bytes,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
@@ -296,24 +327,45 @@ class InteractiveService:
                 self.in_flight -= 1
             self._slots.release()
 
-    def _ensure_volume(self, state: Session, series: str | None) -> tuple[Volume, float]:
-        """The session's volume, loaded if it has none, and the milliseconds loading took."""
+    @contextmanager
+    def _features(self, shared: SharedSeries | None) -> Iterator[None]:
+        """Hold the series' features: sessions on one series take turns at its caches."""
+        if shared is None:
+            yield
+            return
+        if not shared.lock.acquire(timeout=self.config.wait_timeout_s):
+            raise BusyError(
+                f"series {shared.reference} stayed busy for {self.config.wait_timeout_s:g} s; "
+                "try again"
+            )
+        try:
+            yield
+        finally:
+            shared.lock.release()
+
+    def _attach(self, state: Session, series: str | None) -> tuple[SharedSeries | None, float]:
+        """The session's shared series, opened if it has none, and the milliseconds it took.
+
+        Opening a series another session holds (or a prefetch loaded) costs nothing; one
+        being loaded is waited for; else this request loads it.
+        """
         if state.volume is not None:
             if series and series not in (state.series, state.volume.series_uid):
                 raise SeriesMismatchError(
                     f"session {state.id} holds series {state.volume.series_uid}, "
                     f"not '{series}'; send the request without a session to start a new one"
                 )
-            return state.volume, 0.0
+            return state.shared, 0.0
+        assert self.store.series is not None
         started = time.perf_counter()
-        loaded = False
         try:
-            volume = self.loader.load(state.series)
-            loaded = True
-        finally:
-            if not loaded:
-                # The session never became usable; drop it (a keyed one is made again).
-                self.store.remove(state.id)
-        state.volume = volume
-        self.store.enforce_budget(state)
-        return volume, (time.perf_counter() - started) * 1000.0
+            shared = self.store.series.open(state.series)
+        except BaseException:
+            # The session never became usable; drop it (a keyed one is made again).
+            self.store.remove(state.id)
+            raise
+        state.attach(shared)
+        if state.closed:  # closed while its series loaded
+            self.store.detach(state)
+            self.store.get(state.id)  # raises SessionNotFoundError with the usual message
+        return shared, (time.perf_counter() - started) * 1000.0

@@ -1,14 +1,18 @@
-"""Sessions: one series' volume and its cached features, kept within a memory budget.
+"""Sessions: one user's work on a series, kept within a memory budget.
 
 A session is what makes the second click fast: the volume is loaded and the slices the first
-click touched are already encoded. Sessions are independent, so several users work on
-different series at once. The store evicts only when it must, and only what nobody is using:
+click touched are already encoded. The volume and those features belong to the series, not to
+the session: every session on a series shares one :class:`~.series.SharedSeries` (see
+:mod:`.series`); a session itself holds its last mask. Sessions are independent, so several
+users work on different series at once. The store evicts only when it must, and only what
+nobody is using:
 
 * a session idle for longer than ``idle_ttl_s`` expires;
-* a session whose features outgrow ``max_session_bytes`` drops its own least recently used
+* a series whose features outgrow ``max_session_bytes`` drops its own least recently used
   features first (one huge series must not push everybody else out);
-* while the whole service holds more than ``max_total_bytes``, the least recently used *idle*
-  session is evicted; a session serving a request is never touched.
+* while the whole service holds more than ``max_total_bytes``, the least recently used series
+  that no session uses goes first, then the least recently used *idle* session (releasing its
+  series); a session serving a request is never touched.
 
 Requests on one session are serialised by the session's lock (the caller holds it while it
 works); the store's own lock only guards its table and is never held during slow work.
@@ -32,6 +36,7 @@ from ainode_worker.volume import Volume
 from .cache import FeatureCache
 from .errors import SessionNotFoundError
 from .prompts import Bounds, Mask
+from .series import SeriesCache, SharedSeries
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,8 @@ class Session:
     last_used: float
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     volume: Volume | None = None
-    caches: dict[str, FeatureCache] = field(default_factory=dict)
+    caches: dict[str, FeatureCache] = field(default_factory=dict)  # the series' when shared
+    shared: SharedSeries | None = None
     last_mask: Mask | None = None
     last_bounds: Bounds | None = None  # where last_mask is nonzero
     last_model: str | None = None
@@ -71,6 +77,18 @@ class Session:
 
     def cache(self, model: str) -> FeatureCache:
         return self.caches.setdefault(model, FeatureCache())
+
+    def attach(self, shared: SharedSeries) -> None:
+        """Work on ``shared``'s volume and features (the caller opened it for this session)."""
+        self.shared = shared
+        self.volume = shared.volume
+        self.caches = shared.caches
+
+    @property
+    def own_nbytes(self) -> int:
+        """Memory this session alone holds: its mask, and volume and features if not shared."""
+        mask = int(self.last_mask.nbytes) if self.last_mask is not None else 0
+        return mask if self.shared is not None else self.nbytes
 
     @property
     def nbytes(self) -> int:
@@ -121,7 +139,9 @@ class SessionStore:
         max_session_bytes: int,
         idle_ttl_s: float,
         clock: Clock = time.monotonic,
+        series: SeriesCache | None = None,
     ) -> None:
+        self.series = series
         self.max_total_bytes = max_total_bytes
         self.max_session_bytes = max_session_bytes
         self.idle_ttl_s = idle_ttl_s
@@ -175,6 +195,7 @@ class SessionStore:
         if session is None:
             return False
         session.closed = True
+        self.detach(session)
         return True
 
     def sessions(self) -> list[Session]:
@@ -182,7 +203,9 @@ class SessionStore:
             return list(self._sessions.values())
 
     def total_bytes(self) -> int:
-        return sum(s.nbytes for s in self.sessions())
+        """Sessions' own memory plus every shared series once."""
+        shared = self.series.nbytes() if self.series is not None else 0
+        return shared + sum(s.own_nbytes for s in self.sessions())
 
     def sweep(self) -> list[str]:
         """Close sessions idle for longer than the TTL (busy ones are left alone)."""
@@ -204,6 +227,9 @@ class SessionStore:
             freed = current.trim_features(self.max_session_bytes)
             log.info("session %s over its budget: dropped %d bytes of features", current.id, freed)
         evicted: list[str] = []
+        while self.series is not None and self.total_bytes() > self.max_total_bytes:
+            if self.series.evict_unused() is None:
+                break
         for candidate in self.sessions():  # least recently used first
             if self.total_bytes() <= self.max_total_bytes:
                 break
@@ -211,6 +237,9 @@ class SessionStore:
                 continue
             if self._close_if_idle(candidate):
                 evicted.append(candidate.id)
+                while self.series is not None and self.total_bytes() > self.max_total_bytes:
+                    if self.series.evict_unused() is None:
+                        break
         if evicted:
             log.info("evicted %d idle session(s) to stay within memory", len(evicted))
         if current is not None and self.total_bytes() > self.max_total_bytes:
@@ -226,10 +255,17 @@ class SessionStore:
                 if self._sessions.get(session.id) is session:
                     del self._sessions[session.id]
             session.closed = True
-            session.caches.clear()
-            session.volume = None
+            self.detach(session)
             session.last_mask = None
             session.last_bounds = None
             return True
         finally:
             session.lock.release()
+
+    def detach(self, session: Session) -> None:
+        """Let go of the session's volume and features (its series keeps them if shared)."""
+        shared, session.shared = session.shared, None
+        session.caches = {}
+        session.volume = None
+        if shared is not None and self.series is not None:
+            self.series.release(shared)

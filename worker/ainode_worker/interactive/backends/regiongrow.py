@@ -3,7 +3,9 @@
 For each positive click:
 
 1. Statistics of the clicked tissue come from a small neighbourhood of the *raw* voxels, with
-   median and MAD, so a neighbourhood that straddles an edge does not widen the interval.
+   median and MAD; a neighbourhood that straddles an edge is split at the Otsu threshold of
+   its smoothed voxels and only the click's side counts, so a click one voxel inside an
+   object's edge gets the object's interval, not one widened to take in the background.
 2. The core is the set of voxels of the *smoothed* volume within ``k`` robust standard
    deviations, connected (6-neighbourhood) to the click after a morphological opening: the
    opening cuts the one-voxel partial-volume rims that otherwise let a region leak along the
@@ -12,9 +14,11 @@ For each positive click:
    watershed on the gradient magnitude, in a thin band around the core, moves the border to
    the strongest edge, which is where the true border is for any pair of neighbouring tissues.
 
-Negative clicks that fall inside the result split it: a watershed on the distance map, seeded
-by the positive and negative clicks, cuts the region at its narrowest neck and the part
-reached from the negative clicks is dropped (the usual case: a leak through a thin bridge).
+Negative clicks that fall inside the result split it. On another tissue than the positive
+clicks (a neighbour of similar intensity, touching broadly) that tissue is dropped. On the
+same tissue a watershed on the distance map, seeded by the positive and negative clicks, cuts
+the region at its narrowest neck and the part reached from the negative clicks is dropped (the
+usual case: a leak through a thin bridge); with no neck, the cut falls halfway between them.
 A connected part with negative clicks and no positive one (kept from the previous mask, with
 ``use_previous_mask``) is dropped whole. A box adds a positive click at its centre and bounds
 the result in-plane to the box (with a small margin) on every slice.
@@ -131,7 +135,8 @@ class RegionGrowBackend:
                         memo.append(value)
                 return memo[0]
 
-            region = self._cut(region, work, seeds, prompts.negatives, distance)
+            unlike = functools.partial(self._unlike, view, smoothed)
+            region = self._cut(region, work, seeds, prompts.negatives, distance, unlike, view)
         mask = np.zeros(shape, dtype=np.uint8)
         mask[work] = region
         filtered_ms = (smoothed.spent_s - filtering_s) * 1000.0  # blocks smoothed on the way
@@ -160,7 +165,7 @@ class RegionGrowBackend:
 
     def _grow(self, view: VolumeView, smoothed: SmoothedVolume, seed: tuple[int, int, int]) -> Part:
         """The region of one click, computed in a window around it that grows as needed."""
-        low, high = self._interval(view, seed)
+        low, high = self._interval(view, smoothed, seed)
         margin = self.params.band_voxels + 2
         half = [max(margin + 1, round(self.params.window_mm / s)) for s in view.spacing]
         while True:
@@ -220,14 +225,54 @@ class RegionGrowBackend:
                 "or draw a box around it"
             )
 
-    def _interval(self, view: VolumeView, seed: tuple[int, int, int]) -> tuple[float, float]:
+    def _interval(
+        self, view: VolumeView, smoothed: SmoothedVolume, seed: tuple[int, int, int]
+    ) -> tuple[float, float]:
+        tissue = self._tissue(view, smoothed, seed)
+        half = self.params.tolerance_sd * tissue.spread
+        return tissue.centre - half, tissue.centre + half
+
+    def _tissue(
+        self, view: VolumeView, smoothed: SmoothedVolume, seed: tuple[int, int, int]
+    ) -> Tissue:
+        """The clicked tissue's intensities, from the click's neighbourhood.
+
+        Near an edge the neighbourhood holds two tissues: its median drifts and its MAD
+        widens until the interval takes in the background (leaks, or refusals as background).
+        The neighbourhood is therefore split in two at the Otsu threshold of its *smoothed*
+        voxels (noise averaged out, so the split follows the edge); when the two sides are
+        different tissues (their raw medians further apart than the interval's half-width),
+        only the side of the click counts. The click's side is read from the smoothed voxel,
+        which one voxel inside an edge is still nearer its own tissue than the other.
+        """
         radius = [max(1, round(self.params.stats_radius_mm / s)) for s in view.spacing]
-        window = tuple(slice(max(0, c - r), c + r + 1) for c, r in zip(seed, radius, strict=True))
-        values = view.array[window].astype(np.float64, copy=False)
+        window = _bounds(
+            slice(max(0, c - r), min(n, c + r + 1))
+            for c, r, n in zip(seed, radius, smoothed.shape, strict=True)
+        )
+        values = view.array[window].astype(np.float64, copy=False).ravel()
+        local = smoothed.window(window).astype(np.float64).ravel()
+        mine = np.ones(values.size, dtype=bool)
+        threshold = _otsu(local)
+        if threshold is not None:
+            clicked = local >= threshold
+            if smoothed.window(_point_box(seed))[0, 0, 0] < threshold:
+                clicked = ~clicked  # the click is on the darker side
+            least = max(8, values.size // 20)  # a few stray voxels are noise, not a tissue
+            if least <= np.count_nonzero(clicked) <= values.size - least:
+                centre, spread = self._robust(values[clicked])
+                other, _ = self._robust(values[~clicked])
+                if abs(other - centre) > self.params.tolerance_sd * spread:
+                    mine = clicked
+        centre, spread = self._robust(values[mine])
+        smooth_centre, smooth_spread = self._robust(local[mine])
+        return Tissue(centre, spread, smooth_centre, smooth_spread)
+
+    def _robust(self, values: npt.NDArray[np.float64]) -> tuple[float, float]:
+        """Median and robust SD (scaled MAD, floored at ``min_sd``)."""
         centre = float(np.median(values))
-        spread = max(1.4826 * float(np.median(np.abs(values - centre))), self.params.min_sd)
-        half = self.params.tolerance_sd * spread
-        return centre - half, centre + half
+        spread = 1.4826 * float(np.median(np.abs(values - centre)))
+        return centre, max(spread, self.params.min_sd)
 
     def _refine(
         self, smoothed: Float3D, core: Bool3D, spacing: tuple[float, float, float]
@@ -247,6 +292,46 @@ class RegionGrowBackend:
         labels = _split(magnitude, markers, mask=reach)
         return np.asarray((labels == 1) | interior)
 
+    def _unlike(
+        self,
+        view: VolumeView,
+        smoothed: SmoothedVolume,
+        box: Bounds,
+        part: Bool3D,
+        positives: list[tuple[int, int, int]],
+        negatives: list[tuple[int, int, int]],
+    ) -> Bool3D | None:
+        """What of ``part`` (over ``box`` of the grid) is the negative clicks' other tissue.
+
+        ``None`` when the clicks are on one tissue (smoothed intensities within three noise
+        SDs of each other). Otherwise the voxels nearer the negative clicks' tissue in
+        intensity, connected to them, with the partial-volume rim they leave behind.
+        """
+        kept = self._tissue(view, smoothed, _absolute_voxel(positives[0], box))
+        other = self._tissue(view, smoothed, _absolute_voxel(negatives[0], box))
+        # The smaller SD: a click near an edge has partial-volume voxels widening its own.
+        noise = min(kept.smooth_spread, other.smooth_spread)
+        if abs(kept.smooth_centre - other.smooth_centre) <= 3.0 * noise:
+            return None
+        values = smoothed.window(box)
+        nearer = np.abs(values - other.smooth_centre) < np.abs(values - kept.smooth_centre)
+        nearer &= part
+        for voxel in negatives:
+            nearer[voxel] = True
+        labels, _ = ndi.label(nearer, _CROSS)
+        dropped = np.isin(labels, [labels[v] for v in negatives])
+        dropped = ndi.binary_fill_holes(dropped)
+        # The rim between the dropped tissue and whatever lies beyond it has intensities
+        # between the two and may look like the kept tissue. Next to the dropped part, voxels
+        # that are not clearly the kept tissue go with it, and so do thin sheets (what an
+        # opening removes) of what is left.
+        rim = ndi.binary_dilation(dropped, _CROSS, iterations=self.params.band_voxels)
+        unclear = np.abs(values - kept.smooth_centre) > 3.0 * noise
+        dropped = (dropped | (rim & unclear)) & part
+        left = part & ~dropped
+        sheets = left & ~ndi.binary_opening(left, _CROSS, iterations=2)
+        return np.asarray(dropped | (sheets & rim))
+
     def _box_limits(self, shape: tuple[int, ...], boxes: tuple[Box, ...]) -> Bool3D:
         allowed = np.zeros(shape[1:], dtype=bool)
         for box in (b.normalised() for b in boxes):
@@ -264,6 +349,8 @@ class RegionGrowBackend:
         positives: list[Point],
         negatives: tuple[Point, ...],
         distance: Callable[[], Float3D],
+        unlike: Callable[..., Bool3D | None],
+        view: VolumeView,
     ) -> Bool3D:
         """Drop what negative clicks point at: their part of a split, or a whole unclaimed part.
 
@@ -271,6 +358,13 @@ class RegionGrowBackend:
         clicks is split at its narrowest neck (watershed on the distance map) and the side of
         the negative clicks goes; a part holding negative clicks only (kept from the previous
         mask) goes whole; parts without negative clicks stay.
+
+        When the negative clicks are on another tissue than the positive ones (a neighbour
+        of similar intensity touching the object broadly, with no neck), that tissue goes
+        (:meth:`_unlike`). On one tissue without a neck (a negative click near the border of
+        one round object) the distance split hands the shallower clicks a few voxels, the
+        deeper ones flooding everything first: when either side keeps less than half the balls
+        its clicks sit in, the part is cut halfway instead (each voxel to its nearest click).
         """
 
         def local(point: Point) -> tuple[int, int, int] | None:
@@ -301,9 +395,24 @@ class RegionGrowBackend:
             markers = np.zeros(part.shape, dtype=np.int32)
             for voxel in mine:
                 markers[voxel] = 1
-            for voxel in (_relative_voxel(v, box) for v in inside if parts[v] == number):
+            negatives_here = [_relative_voxel(v, box) for v in inside if parts[v] == number]
+            for voxel in negatives_here:
                 markers[voxel] = 2
-            kept[box] |= _split(-distance()[box], markers, mask=part) == 1
+            dropped = unlike(_shift(box, work), part, mine, negatives_here)
+            if dropped is None:  # one tissue: cut at the narrowest neck, or else halfway
+                part_distance = distance()[box]
+                dropped = _split(-part_distance, markers, mask=part) == 2
+
+                # A neck leaves each side at least half of its clicks' balls; else the deeper
+                # clicks' side flooded the other (no neck): cut halfway instead.
+                if np.count_nonzero(dropped) < 0.5 * _balls(
+                    part_distance, negatives_here, view.spacing
+                ) or np.count_nonzero(part & ~dropped) < 0.5 * _balls(
+                    part_distance, mine, view.spacing
+                ):
+                    dropped = _nearer(part.shape, negatives_here, mine, view.spacing) & part
+            remaining, _ = ndi.label(part & ~dropped, _CROSS)  # what the positives still reach
+            kept[box] |= np.isin(remaining, [remaining[v] for v in mine if remaining[v]])
         log.debug("negative clicks removed %d voxels", int(region.sum() - kept.sum()))
         return kept
 
@@ -368,6 +477,16 @@ class SmoothedVolume:
 
 
 @dataclass(frozen=True)
+class Tissue:
+    """Intensities of a clicked tissue: raw median and robust SD, and the same once smoothed."""
+
+    centre: float
+    spread: float
+    smooth_centre: float
+    smooth_spread: float
+
+
+@dataclass(frozen=True)
 class Part:
     """What one click grew: a mask over ``bounds`` of the grid (cached per session)."""
 
@@ -387,6 +506,56 @@ def _distance(region: Bool3D, spacing: tuple[float, float, float]) -> Float3D:
     return np.asarray(inner, dtype=np.float32)
 
 
+def _otsu(values: npt.NDArray[Any]) -> float | None:
+    """Otsu's threshold of ``values`` (maximum between-class variance), ``None`` if flat."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return None
+    counts, edges = np.histogram(values, bins=64, range=(low, high))
+    mids = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts)[:-1].astype(np.float64)
+    total = float(values.size)
+    below = np.cumsum(counts * mids)[:-1]
+    mean_below = below / np.maximum(weight, 1)
+    mean_above = (float((counts * mids).sum()) - below) / np.maximum(total - weight, 1)
+    between = weight * (total - weight) * (mean_below - mean_above) ** 2
+    return float(edges[1 + int(np.argmax(between))])
+
+
+def _point_box(voxel: tuple[int, int, int]) -> Bounds:
+    return _bounds(slice(v, v + 1) for v in voxel)
+
+
+def _nearer(
+    shape: tuple[int, ...],
+    these: list[tuple[int, int, int]],
+    those: list[tuple[int, int, int]],
+    spacing: tuple[float, float, float],
+) -> Bool3D:
+    """Voxels nearer (in mm) to one of ``these`` clicks than to any of ``those``."""
+
+    def nearest(clicks: list[tuple[int, int, int]]) -> Float3D:
+        best = np.full(shape, np.inf, dtype=np.float32)
+        for click in clicks:
+            axes = [
+                ((np.arange(n, dtype=np.float32) - c) * s) ** 2
+                for n, c, s in zip(shape, click, spacing, strict=True)
+            ]
+            squared = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+            np.minimum(best, squared, out=best)
+        return best
+
+    return np.asarray(nearest(these) < nearest(those))
+
+
+def _balls(
+    distance: Float3D, voxels: list[tuple[int, int, int]], spacing: tuple[float, float, float]
+) -> float:
+    """Voxels in the balls that clicks sit in (radius: their distance to the border, mm)."""
+    volume = sum(4.0 / 3.0 * np.pi * float(distance[v]) ** 3 for v in voxels)
+    return volume / float(np.prod(spacing))
+
+
 def _computed_array(array: Float3D) -> Computed:
     return Computed(array, int(array.nbytes))
 
@@ -404,6 +573,11 @@ def _window(centre: tuple[int, int, int], half: list[int], shape: tuple[int, ...
 
 def _relative_voxel(voxel: tuple[int, ...], box: Bounds) -> tuple[int, int, int]:
     z, y, x = (v - b.start for v, b in zip(voxel, box, strict=True))
+    return (z, y, x)
+
+
+def _absolute_voxel(voxel: tuple[int, int, int], box: Bounds) -> tuple[int, int, int]:
+    z, y, x = (v + b.start for v, b in zip(voxel, box, strict=True))
     return (z, y, x)
 
 
