@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${AINODE_VENV:-.venv}"
-DEB_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk redis-server dicom3tools python3.11-venv)
+DEB_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk redis-server dicom3tools python3.11-venv nginx openssl)
 if [ "${AINODE_WITH_TEST_TOOLS:-0}" = 1 ]; then
   DEB_PACKAGES+=(orthanc-postgresql postgresql chromium)  # postgresql: tests/integration/test_postgres.py
 fi

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from ainode.credentials import orthanc_auth, read_credentials
 from ainode.node.commands import worker_argv
+from ainode.node.door import fingerprint
 from ainode.node.health import collect_status
 from ainode.node.processes import StartError
 from ainode.node.supervisor import AlreadyRunningError, Supervisor, read_supervisor_pid
@@ -57,11 +58,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if supervisor.credentials_created and not args.detached_child:
         _show_generated_credentials(settings)
     _out(
-        f"AI node up: {settings.http_url} (Orthanc Explorer at /app/explorer.html), "
+        f"AI node up: {_public_url(settings)} (Orthanc Explorer at /app/explorer.html), "
         f"DICOM {settings.dicom_aet}@{settings.dicom_port}. Ctrl-C stops it."
     )
     supervisor.run_forever()
     return 0
+
+
+def _public_url(settings: Settings) -> str:
+    return settings.door_url if settings.door_enabled else settings.http_url
 
 
 def _show_generated_credentials(settings: Settings) -> None:
@@ -69,6 +74,16 @@ def _show_generated_credentials(settings: Settings) -> None:
     _out(
         f"Generated Orthanc credentials (shown once; `ainode creds` prints them): {user}:{password}"
     )
+    _show_fingerprint(settings)
+
+
+def _show_fingerprint(settings: Settings) -> None:
+    """The door's certificate, so a browser's or client's first "trust it?" can be checked."""
+    if settings.door_enabled and settings.door_tls and settings.door_cert_path.is_file():
+        _out(
+            f"HTTPS certificate {settings.door_cert_path}, "
+            f"SHA-256 fingerprint {fingerprint(settings.door_cert_path)}"
+        )
 
 
 def _up_detached(settings: Settings, timeout_s: float) -> int:
@@ -128,7 +143,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_status(data: dict[str, object]) -> None:
-    _out(f"HTTP {data['http_url']}   DICOM {data['dicom_aet']}@{data['dicom_port']}")
+    url = data.get("url") or data["http_url"]
+    _out(f"URL {url}   DICOM {data['dicom_aet']}@{data['dicom_port']}")
     parts = data["parts"]
     assert isinstance(parts, dict)
     for name, part in parts.items():

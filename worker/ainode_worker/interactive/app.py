@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ainode.settings import Settings
 
 from . import errors
+from .auth import BasicAuth
 from .config import AcceptedLabel, InteractiveConfig
 from .encoding import encode_mask, nifti_bytes
 from .monailabel import monailabel_router
@@ -138,6 +139,8 @@ def create_app(
     app = FastAPI(title=config.name, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    if config.users:  # added last: runs first, before a body is read
+        app.add_middleware(BasicAuth, users=config.users, realm=config.name)
     _install_error_handlers(app)
     _add_routes(app, service)
     app.include_router(monailabel_router(service), prefix="/monailabel")
