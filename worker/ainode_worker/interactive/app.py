@@ -152,6 +152,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+_DRAIN_LIMIT_BYTES = 64 << 20
+
+
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413 before the app sees them.
 
@@ -172,7 +175,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(send, receive, more_body=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -183,7 +186,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(send, receive, more_body=message.get("more_body", False))
                 return
             if not message.get("more_body", False):
                 break
@@ -198,7 +201,20 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, receive: Receive, *, more_body: bool) -> None:
+        """Answer 413 after reading the rest of the body (discarding it, up to a bound).
+
+        Closing with a body unread resets the connection, and a proxy (the node's door,
+        which passes at most ``door_interactive_max_body_mib``) then reports 502 instead.
+        """
+        drained = 0
+        more = more_body
+        while more and drained <= _DRAIN_LIMIT_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            drained += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
         body = json.dumps(
             {
                 "error": f"the request body is larger than {self.max_bytes} bytes",
