@@ -3,13 +3,12 @@
 The node's front door (nginx, :mod:`ainode.node.door`) sends ``/ai/interactive/`` and
 ``/ai/monailabel/`` straight to the service: Orthanc 1.10 drops a POST's query string and
 answers multipart POSTs itself, so MONAI Label's ``infer`` and ``?format=`` options only work
-through the door. These handlers remain for clients of Orthanc's loopback port; they forward
+through the door, and ``/ai/monailabel/`` is the door's alone. For clients of Orthanc's
+loopback port, these handlers forward JSON requests
 
 * ``/ai/interactive/segment`` -> ``/segment``
 * ``/ai/interactive/sessions/{id}/reset`` and ``.../accept`` -> ``/sessions/{id}/...``
 * ``/ai/interactive/sessions`` and ``/ai/interactive/health`` -> ``/sessions``, ``/health``
-* ``/ai/monailabel/...`` -> ``/monailabel/...`` (MONAI Label clients: set the server URL to
-  ``http(s)://<orthanc>/ai/monailabel``)
 
 to the service, keeping status codes, content types, bodies and the service's own headers
 (``X-Session``, ``X-Timings``, ``Content-Disposition``). The service being down answers 503,
@@ -49,7 +48,6 @@ ROUTES: tuple[tuple[str, tuple[str, ...], Callable[[tuple[str, ...]], str]], ...
     (r"/ai/interactive/sessions/([0-9A-Za-z_-]+)", ("DELETE",), lambda g: f"/sessions/{g[0]}"),
     (r"/ai/interactive/sessions", ("GET",), lambda g: "/sessions"),
     (r"/ai/interactive/health", ("GET",), lambda g: "/health"),
-    (r"/ai/monailabel(/.*)?", ("GET", "POST"), lambda g: "/monailabel" + (g[0] or "/")),
 )
 
 
