@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from ainode.credentials import orthanc_auth, read_credentials
 from ainode.node.commands import worker_argv
-from ainode.node.door import fingerprint
+from ainode.node.door import fingerprint, trust_node_certificate
 from ainode.node.health import collect_status
 from ainode.node.processes import StartError
 from ainode.node.supervisor import AlreadyRunningError, Supervisor, read_supervisor_pid
@@ -391,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
     except (ValidationError, SettingsFileError) as error:
         sys.stderr.write(f"ainode: {describe_settings_error(error)}\n")
+        return 2
+    try:
+        trust_node_certificate(settings)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(f"ainode: orthanc_ca_file {settings.orthanc_ca_file}: {error}\n")
         return 2
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     return func(settings, args)

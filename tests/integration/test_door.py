@@ -13,8 +13,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -463,3 +465,96 @@ def test_monailabel_infer_output_choices(
     else:
         assert kind.startswith("multipart/form-data; boundary=")
         assert b'name="params"' in answer.content and b'name="image"' in answer.content
+
+
+# --- the door without TLS and without a login, supervised -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """The harness's usual node (auth off), asking for a plain-HTTP door, supervised."""
+    folder = tmp_path_factory.mktemp("plain")
+    rules = write_rules(folder / "rules.yaml", "version: 1\nmode: first-match\nrules: []\n")
+    node = start_node(
+        folder / "node",
+        supervised=True,
+        door_tls=False,
+        worker_enabled=False,
+        routing_rules=rules,
+    )
+    yield node
+    node.stop()
+
+
+def test_a_plain_http_door_without_login_when_settings_ask(plain_node: Node) -> None:
+    assert plain_node.door_url.startswith("http://")
+    assert not (plain_node.settings.data_dir / "door").exists()  # no certificate made
+    for path in ("/ai/health", "/dicom-web/studies", "/ai/interactive/health", "/ai/monailabel"):
+        answer = requests.get(plain_node.door_url + path, timeout=30)
+        assert answer.status_code == 200, (path, answer.status_code)
+
+
+def test_a_killed_door_is_restarted_by_the_supervisor(plain_node: Node) -> None:
+    door = plain_node.service("door")
+    assert door.process is not None
+    killed = door.process.pid
+    os.kill(killed, signal.SIGKILL)  # the master only: its worker keeps the port if left
+    wait_for(
+        lambda: door.process is not None and door.process.pid != killed and door.running,
+        120,
+        0.5,
+        "a new door process",
+    )
+    answer = wait_for(
+        lambda: _answer(plain_node.door_url + "/ai/health"), 120, 0.5, "the door again"
+    )
+    assert answer.status_code == 200
+    # The new nginx serves (its pid file names it), and nothing of the killed one is left.
+    pid_file = plain_node.settings.run_dir / "door" / "nginx.pid"
+    wait_for(
+        lambda: pid_file.is_file() and pid_file.read_text().strip() == str(door.process.pid),
+        60,
+        0.5,
+        "the new nginx to write its pid",
+    )
+    assert door.running
+    assert _living_members(killed) == []
+
+
+def _living_members(group: int) -> list[str]:
+    """Processes of a process group that still run (zombies awaiting their reaper do not)."""
+    found = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(group)], capture_output=True)
+    rows = [line.split() for line in found.stdout.decode().splitlines() if line.strip()]
+    return [pid for pid, stat in rows if not stat.startswith("Z")]
+
+
+def _answer(url: str) -> requests.Response | None:
+    try:
+        answer = requests.get(url, timeout=10)
+    except requests.RequestException:
+        return None
+    return answer if answer.status_code == 200 else None
+
+
+def test_a_cli_elsewhere_trusts_the_node_certificate_through_orthanc_ca_file(
+    door_node: Node, tmp_path: Path
+) -> None:
+    """``ainode jobs`` as on another machine: Orthanc only through the door, over HTTPS."""
+    assert door_node.auth is not None
+    remote = {
+        "AINODE_DATA_DIR": str(tmp_path / "elsewhere"),
+        "AINODE_ORTHANC_URL": door_node.door_url,
+        "AINODE_ORTHANC_USERNAME": door_node.auth[0],
+        "AINODE_ORTHANC_PASSWORD": door_node.auth[1],
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")} | remote
+    without = subprocess.run(
+        [*AINODE, "jobs", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert without.returncode == 1 and "SSL" in without.stderr
+    trusted = env | {"AINODE_ORTHANC_CA_FILE": str(door_node.settings.door_cert_path)}
+    result = subprocess.run(
+        [*AINODE, "jobs", "--json"], env=trusted, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-500:]
+    assert isinstance(json.loads(result.stdout), list)

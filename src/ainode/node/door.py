@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import certifi
 import requests
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
@@ -282,3 +283,22 @@ def door_verify(settings: Settings) -> str | bool:
     if not settings.door_tls or settings.door_cert_file is not None:
         return True  # plain HTTP, or a site certificate the system's CAs vouch for
     return str(settings.door_cert_path) if settings.door_cert_path.is_file() else True
+
+
+def trust_node_certificate(settings: Settings) -> Path | None:
+    """Make this process and its children trust ``orthanc_ca_file`` besides the usual CAs.
+
+    For a worker or CLI on another machine reaching the node through its door
+    (``orthanc_url: https://node:8443``): ``requests`` reads ``REQUESTS_CA_BUNDLE``, so every
+    session (job runner, destinations, interactive loader) trusts the node without a code path
+    of its own. The bundle is the CAs ``requests`` ships with plus the node's certificate.
+    """
+    if settings.orthanc_ca_file is None:
+        return None
+    node_cert = settings.orthanc_ca_file.read_text()
+    ssl.PEM_cert_to_DER_cert(node_cert)  # a clear error now if it is no PEM certificate
+    bundle = settings.run_dir / "ca-bundle.pem"
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    bundle.write_text(Path(certifi.where()).read_text().rstrip() + "\n" + node_cert)
+    os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+    return bundle
