@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,7 +380,9 @@ def monailabel_client() -> Any:
     if not MONAILABEL_WHEELS:
         pytest.skip("the MONAI Label client wheel is missing: run `make setup-test`")
     sys.path.insert(0, str(MONAILABEL_WHEELS[-1]))  # the pure-Python wheel, imported as a zip
-    import monailabel.client.client as client_module
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'cgi' is deprecated", DeprecationWarning)
+        import monailabel.client.client as client_module
 
     return client_module
 
