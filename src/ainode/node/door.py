@@ -141,12 +141,14 @@ def render_nginx_config(
         else ""
     )
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
-    interactive = settings.interactive_url
     proxied = """proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_read_timeout 600s;
             proxy_send_timeout 600s;"""
+    interactive_locations = (
+        _interactive_locations(settings, proxied) if settings.interactive_enabled else ""
+    )
     return f"""# Written by `ainode up` (src/ainode/node/door.py) at every start; edits are lost.
 {user}daemon off;
 master_process on;
@@ -199,37 +201,45 @@ http {{
         }}
 
         location / {{
-            proxy_pass {settings.http_url};
+            proxy_pass {settings.orthanc_base_url};
             {proxied}
         }}
 
-        # The interactive service, straight: query strings, multipart and large bodies intact.
+        {interactive_locations}
+    }}
+}}
+"""
+
+
+def _interactive_locations(settings: Settings, proxied: str) -> str:
+    """The interactive service, straight: query strings, multipart and large bodies intact."""
+    interactive = settings.interactive_url
+    limit = f"client_max_body_size {settings.door_interactive_max_body_mib}m;"
+    return f"""# The interactive service, straight: query strings, multipart, large bodies intact.
         location /ai/interactive/ {{
-            client_max_body_size {settings.door_interactive_max_body_mib}m;
+            {limit}
             proxy_pass {interactive}/;
             {proxied}
         }}
 
         location /ai/monailabel/ {{
-            client_max_body_size {settings.door_interactive_max_body_mib}m;
+            {limit}
             proxy_pass {interactive}/monailabel/;
             {proxied}
         }}
 
         location = /ai/monailabel {{
-            client_max_body_size {settings.door_interactive_max_body_mib}m;
+            {limit}
             proxy_pass {interactive}/monailabel/;
             {proxied}
-        }}
-    }}
-}}
-"""
+        }}"""
 
 
 def write_door_files(settings: Settings, credentials: tuple[str, str] | None) -> Path:
     """Write the password file and nginx.conf into the run directory; return the config."""
     run = door_dir(settings)
     run.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
     htpasswd = None
     if credentials is not None:
         htpasswd = run / "htpasswd"
