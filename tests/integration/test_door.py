@@ -35,6 +35,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 from ainode_worker.interactive import create_app
+from ainode_worker.interactive.auth import TOKEN_PATHS
 from ainode_worker.interactive.config import InteractiveConfig
 from nodeharness import Node, settings_env, start_node, wait_for, write_rules
 from pydicom import dcmread
@@ -213,12 +214,16 @@ def test_every_route_behind_the_door_refuses_calls_without_the_login(
     assert len(plugin) >= 20 and len(interactive) >= 8
     door_url, orthanc_url = door_node.door_url, door_node.url
     service_url = door_node.settings.interactive_url
+    # MONAI Label's login routes are open by design (tested below); everything else is not.
+    logins = [(m, p) for m, p in interactive if p in TOKEN_PATHS]
+    assert {p for _, p in logins} == set(TOKEN_PATHS)
+    guarded = [(m, p) for m, p in interactive if p not in TOKEN_PATHS]
     calls = [
         *((m, door_url + p) for m, p in (*ORTHANC_ROUTES, *plugin)),
         *((m, orthanc_url + p) for m, p in (*ORTHANC_ROUTES, *plugin)),
         *((m, door_url + "/ai/interactive" + p) for m, p in interactive),
-        *((m, door_url + "/ai" + p) for m, p in interactive if p.startswith("/monailabel")),
-        *((m, service_url + p) for m, p in interactive),
+        *((m, door_url + "/ai" + p) for m, p in guarded if p.startswith("/monailabel")),
+        *((m, service_url + p) for m, p in guarded),
     ]
     anonymous = door_node.door_session(authenticated=False)
     wrong = door_node.door_session(authenticated=False)
@@ -406,6 +411,30 @@ def test_monailabel_client_info_with_or_without_trailing_slash(
     with pytest.raises(monailabel_client.MONAILabelClientException) as refused:
         _client(monailabel_client, door_node, suffix, tmp_path, login=False).info()
     assert "401" in refused.value.msg
+
+
+def test_monailabel_client_logs_in_through_the_token_routes(
+    door_node: Node, monailabel_client: Any, tmp_path: Path
+) -> None:
+    """As 3D Slicer's module does: ask whether a login is needed, get a token, use it."""
+    assert door_node.auth is not None
+    user, password = door_node.auth
+    client = _client(monailabel_client, door_node, "/", tmp_path, login=False)
+    assert client.auth_enabled()
+    with pytest.raises(monailabel_client.MONAILabelClientException) as refused:
+        client.auth_token(user, "not-the-password")
+    assert refused.value.status_code == 401
+    token = client.auth_token(user, password)
+    assert token["token_type"] == "Basic"
+    client.update_auth(token)
+    assert "regiongrow" in client.info()["models"]
+    # The token is the login itself: the door and the service accept it as Basic credentials.
+    direct = requests.get(
+        door_node.settings.interactive_url + "/monailabel/info/",
+        headers={"Authorization": f"Basic {token['access_token']}"},
+        timeout=60,
+    )
+    assert direct.status_code == 200
 
 
 def _read_label(path: Path, extension: str, tmp: Path) -> np.ndarray:

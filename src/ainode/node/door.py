@@ -183,6 +183,7 @@ http {{
     keepalive_timeout 30s;
     reset_timedout_connection on;
     limit_conn_zone $binary_remote_addr zone=ainode_per_client:1m;
+    limit_req_zone $binary_remote_addr zone=ainode_logins:1m rate=5r/s;
 
     server {{
         listen {listen_host}{settings.door_port}{tls};
@@ -225,6 +226,27 @@ def _interactive_locations(settings: Settings, proxied: str) -> str:
         location /ai/monailabel/ {{
             {limit}
             proxy_pass {interactive}/monailabel/;
+            {proxied}
+        }}
+
+        # MONAI Label's login routes: open, the service checks the password (auth.py).
+        location = /ai/monailabel/auth/ {{
+            auth_basic off;
+            proxy_pass {interactive}/monailabel/auth/;
+            {proxied}
+        }}
+
+        location = /ai/monailabel/auth {{
+            auth_basic off;
+            proxy_pass {interactive}/monailabel/auth/;
+            {proxied}
+        }}
+
+        location = /ai/monailabel/auth/token {{
+            auth_basic off;
+            limit_req zone=ainode_logins burst=20;
+            {limit}
+            proxy_pass {interactive}/monailabel/auth/token;
             {proxied}
         }}
 

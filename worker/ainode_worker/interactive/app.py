@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ainode.settings import Settings
 
 from . import errors
-from .auth import BasicAuth
+from .auth import BasicAuth, monailabel_auth_router
 from .config import AcceptedLabel, InteractiveConfig
 from .encoding import encode_mask, nifti_bytes
 from .monailabel import monailabel_router
@@ -144,6 +144,7 @@ def create_app(
     _install_error_handlers(app)
     _add_routes(app, service)
     app.include_router(monailabel_router(service), prefix="/monailabel")
+    app.include_router(monailabel_auth_router(config.users), prefix="/monailabel")
     return app
 
 

@@ -2,6 +2,13 @@
 
 The door (nginx) checks the node's login too; the service checks it itself so that a process on
 the same machine cannot reach ``/segment`` or ``/accept`` (which stores into Orthanc) around it.
+
+MONAI Label clients (3D Slicer's module, ``MONAILabelClient.auth_token``) log in through MONAI
+Label's token routes: ``GET /monailabel/auth/`` says whether a login is needed, and
+``POST /monailabel/auth/token`` (form ``username``, ``password``) answers a token the client
+then sends as ``Authorization: <token_type> <access_token>``. Here the token is the Basic
+credential itself (``token_type`` ``Basic``), so every later request is checked like any other.
+These two routes are the only ones open without a login; the token route checks the password.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ import binascii
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form
+from fastapi.responses import JSONResponse
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -33,6 +43,37 @@ def credentials_match(header: bytes, users: Mapping[str, str]) -> bool:
     )
 
 
+# MONAI Label's login routes (under the service's /monailabel prefix), open without a login.
+TOKEN_PATHS = frozenset({"/monailabel/auth", "/monailabel/auth/", "/monailabel/auth/token"})
+
+
+def basic_token(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def monailabel_auth_router(users: Mapping[str, str]) -> APIRouter:
+    """MONAI Label's ``/auth/`` and ``/auth/token``, answering Basic credentials as the token."""
+    router = APIRouter(tags=["MONAI Label"])
+
+    @router.get("/auth")
+    @router.get("/auth/")
+    def auth_status() -> dict[str, bool]:
+        return {"enabled": bool(users)}
+
+    @router.post("/auth/token", response_model=None)
+    def token(
+        username: Annotated[str, Form()], password: Annotated[str, Form()]
+    ) -> dict[str, str] | JSONResponse:
+        header = f"Basic {basic_token(username, password)}".encode()
+        if users and not credentials_match(header, users):
+            return JSONResponse(
+                {"error": "wrong user name or password", "type": "AuthError"}, status_code=401
+            )
+        return {"access_token": basic_token(username, password), "token_type": "Basic"}
+
+    return router
+
+
 class BasicAuth:
     """ASGI middleware: 401 with a ``WWW-Authenticate`` challenge unless the login matches."""
 
@@ -52,7 +93,7 @@ class BasicAuth:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if credentials_match(header, self.users):
+        if scope.get("path") in TOKEN_PATHS or credentials_match(header, self.users):
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": "authentication required", "type": "AuthError"}).encode()
