@@ -153,6 +153,22 @@ def test_the_door_presents_the_node_certificate_and_refuses_plain_http(door_node
     assert plain.status_code == 400  # nginx: "plain HTTP request was sent to HTTPS port"
 
 
+def test_the_door_logs_no_query_strings(door_node: Node) -> None:
+    """QIDO-RS searches carry patient names, IDs and birth dates: none of it reaches a log."""
+    door = door_node.door_session()
+    search = {"PatientName": "DOORLOG^SECRET", "PatientID": "DOORLOG-4711"}
+    answer = door.get(door_node.door_url + "/dicom-web/studies", params=search, timeout=60)
+    assert answer.status_code in (200, 204)
+    access_log = door_node.settings.logs_dir / "door-access.log"
+    logged = wait_for(
+        lambda: "/dicom-web/studies" in access_log.read_text() and access_log.read_text(),
+        30,
+        0.2,
+        "the request in the door's access log",
+    )
+    assert "DOORLOG" not in logged
+
+
 def test_status_reports_the_door_url_and_its_health(door_node: Node) -> None:
     result = subprocess.run(
         [*AINODE, "status", "--json"],

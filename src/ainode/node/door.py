@@ -161,7 +161,10 @@ events {{
 }}
 
 http {{
-    access_log {settings.logs_dir / "door-access.log"};
+    # No query strings: QIDO-RS searches carry patient names, IDs and birth dates.
+    log_format ainode '$remote_addr [$time_local] "$request_method $uri" $status '
+                      '$body_bytes_sent $request_time';
+    access_log {settings.logs_dir / "door-access.log"} ainode;
     types {{
         text/html html;
         application/json json;
