@@ -57,6 +57,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     # command that detached it shows the credentials on its terminal instead.
     if supervisor.credentials_created and not args.detached_child:
         _show_generated_credentials(settings)
+    _show_fingerprint(settings)
     _out(
         f"AI node up: {_public_url(settings)} (Orthanc Explorer at /app/explorer.html), "
         f"DICOM {settings.dicom_aet}@{settings.dicom_port}. Ctrl-C stops it."
@@ -74,7 +75,6 @@ def _show_generated_credentials(settings: Settings) -> None:
     _out(
         f"Generated Orthanc credentials (shown once; `ainode creds` prints them): {user}:{password}"
     )
-    _show_fingerprint(settings)
 
 
 def _show_fingerprint(settings: Settings) -> None:
@@ -110,6 +110,7 @@ def _up_detached(settings: Settings, timeout_s: float) -> int:
         if status.healthy:
             if settings.auth_enabled and not had_credentials:
                 _show_generated_credentials(settings)
+            _show_fingerprint(settings)
             _print_status(status.to_json())
             return 0
         time.sleep(0.5)

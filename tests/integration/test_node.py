@@ -15,6 +15,7 @@ import requests
 from nodeharness import Node, node_settings, settings_env, start_node, wait_for
 from pydicom import dcmread
 
+from ainode.node.door import fingerprint
 from ainode.node.health import collect_status
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
@@ -107,6 +108,8 @@ def test_cli_up_detach_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0 and data["healthy"], status.stdout
         assert data["http_url"] == settings.http_url
         assert data["url"] == settings.door_url and data["url"].startswith("https://")
+        fingerprint_line = f"SHA-256 fingerprint {fingerprint(settings.door_cert_path)}"
+        assert fingerprint_line in up.stdout, up.stdout
         assert data["dicom_port"] == settings.dicom_port and data["dicom_aet"] == "AINODE"
         assert {p: v["healthy"] for p, v in data["parts"].items()} == {
             "redis": True,
