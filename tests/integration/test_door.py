@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -451,6 +452,28 @@ def test_monailabel_client_logs_in_through_the_token_routes(
         timeout=60,
     )
     assert direct.status_code == 200
+
+
+def test_the_ohif_panel_without_the_trailing_slash_still_reaches_the_service(
+    door_node: Node, sphere: StoredSeries
+) -> None:
+    """A browser resolves ``info/`` and ``infer/m`` against ``.../ai/monailabel`` as /ai/..."""
+    base = door_node.door_url + "/ai/monailabel"
+    door = door_node.door_session()
+    info = door.get(urllib.parse.urljoin(base, "info/"), timeout=60)
+    assert info.status_code == 200 and "regiongrow" in info.json()["models"]
+    infer = door.post(
+        urllib.parse.urljoin(base, "infer/regiongrow"),
+        params={"image": sphere.uid, "output": "json"},
+        files={"params": (None, json.dumps({"foreground": [list(sphere.click())]}))},
+        timeout=300,
+    )
+    assert infer.status_code == 200, infer.text[:300]
+    assert infer.json()["label_names"]["segment"] == 1
+    refused = door_node.door_session(authenticated=False).get(
+        urllib.parse.urljoin(base, "info/"), timeout=60
+    )
+    assert refused.status_code == 401
 
 
 def _read_label(path: Path, extension: str, tmp: Path) -> np.ndarray:

@@ -253,6 +253,19 @@ def _interactive_locations(settings: Settings, proxied: str) -> str:
             {proxied}
         }}
 
+        # OHIF's MONAI Label panel given the URL without its trailing slash resolves its
+        # relative paths against /ai/: the same service answers there.
+        location = /ai/info/ {{
+            proxy_pass {interactive}/monailabel/info/;
+            {proxied}
+        }}
+
+        location /ai/infer/ {{
+            {limit}
+            proxy_pass {interactive}/monailabel/infer/;
+            {proxied}
+        }}
+
         location = /ai/monailabel {{
             {limit}
             proxy_pass {interactive}/monailabel/;
