@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from ainode.credentials import orthanc_auth
 from ainode.node.commands import orthanc_argv, worker_argv
-from ainode.node.door import door_verify, nginx_argv, write_door_files
+from ainode.node.door import door_verify, nginx_argv, trust_node_certificate, write_door_files
 from ainode.node.health import probe_http
 from ainode.node.orthanc_config import render_orthanc_config, write_orthanc_config
 from ainode.settings import PostgresIndex, Settings
@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = write_door_files(settings, orthanc_credentials(settings))
             command = nginx_argv(settings, config)
         else:
+            trust_node_certificate(settings)  # orthanc_ca_file: a node's door over HTTPS
             command = worker_argv(settings, socket.gethostname())
         log.info("starting the %s: %s", args.part, " ".join(command))
         os.execv(command[0], command)  # noqa: S606 - the part replaces this process (PID 1)

@@ -1,7 +1,9 @@
 """Starting real nodes for tests: Orthanc with the real plugin, Redis and a Celery worker.
 
 Every node gets its own temporary data directory and free ports, so test runs can go in
-parallel. Authentication is turned off explicitly unless a test asks for it. A node started
+parallel. Authentication is turned off explicitly unless a test asks for it. ``Node.url`` is
+Orthanc's own loopback port; ``Node.door_url`` and ``Node.door_session()`` reach the node's front
+door (nginx, HTTPS with the node's self-signed certificate, trusted by the session). A node started
 with ``supervised=True`` runs the supervisor's watch loop on a thread, as ``ainode up`` does in
 the foreground, so a part that dies (a killed worker) is restarted.
 """
