@@ -32,7 +32,7 @@ from ainode.settings import Settings, SettingsFileError, describe_settings_error
 
 log = logging.getLogger("ainode")
 
-LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive")
+LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive", "door", "door-access")
 
 
 def _out(text: str) -> None:

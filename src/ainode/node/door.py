@@ -154,7 +154,7 @@ def render_nginx_config(
 master_process on;
 worker_processes 1;
 pid {run / "nginx.pid"};
-error_log {settings.logs_dir / "door-error.log"} warn;
+error_log stderr warn;
 
 events {{
     worker_connections 4096;
@@ -290,13 +290,14 @@ def write_door_files(settings: Settings, credentials: tuple[str, str] | None) ->
 
 
 def nginx_argv(settings: Settings, config: Path) -> list[str]:
-    """nginx in the foreground; ``-e`` keeps it off /var/log/nginx before it reads the config."""
+    """nginx in the foreground, errors on stderr (``door.log``); ``-e`` keeps it off
+    /var/log/nginx before it reads the configuration."""
     return [
         str(settings.door_binary),
         "-p",
         str(door_dir(settings)),
         "-e",
-        str(settings.logs_dir / "door-error.log"),
+        "stderr",
         "-c",
         str(config),
     ]
