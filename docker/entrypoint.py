@@ -11,6 +11,8 @@ Usage (the images' commands)::
     python docker/entrypoint.py orthanc   # render <data_dir>/orthanc/orthanc.json, exec Orthanc
     python docker/entrypoint.py worker    # exec the Celery worker with the settings' queues
     python docker/entrypoint.py health    # exit 0 when Orthanc answers /ai/health
+    python docker/entrypoint.py door      # write nginx.conf (and a certificate), exec nginx
+    python docker/entrypoint.py door-health  # exit 0 when /ai/health answers through the door
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pydantic import ValidationError
 
 from ainode.credentials import orthanc_auth
 from ainode.node.commands import orthanc_argv, worker_argv
+from ainode.node.door import door_verify, nginx_argv, trust_node_certificate, write_door_files
 from ainode.node.health import probe_http
 from ainode.node.orthanc_config import render_orthanc_config, write_orthanc_config
 from ainode.settings import PostgresIndex, Settings
@@ -108,22 +111,36 @@ def check_orthanc(settings: Settings) -> str | None:
     return probe_http(f"{settings.http_url}/ai/health", orthanc_auth(settings), timeout_s=5.0)
 
 
+def check_door(settings: Settings) -> str | None:
+    """None when Orthanc's health route answers through the door, else the reason."""
+    return probe_http(
+        f"{settings.door_url}/ai/health",
+        orthanc_auth(settings),
+        timeout_s=5.0,
+        verify=door_verify(settings),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start one part of the AI node in a container.")
-    parser.add_argument("part", choices=["orthanc", "worker", "health"])
+    parser.add_argument("part", choices=["orthanc", "worker", "health", "door", "door-health"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
-        if args.part == "health":
-            reason = check_orthanc(settings)
+        if args.part in ("health", "door-health"):
+            reason = check_orthanc(settings) if args.part == "health" else check_door(settings)
             if reason is not None:
                 log.error("%s", reason)
                 return 1
             return 0
         if args.part == "orthanc":
             command = orthanc_argv(settings, prepare_orthanc(settings, os.environ))
+        elif args.part == "door":
+            config = write_door_files(settings, orthanc_credentials(settings))
+            command = nginx_argv(settings, config)
         else:
+            trust_node_certificate(settings)  # orthanc_ca_file: a node's door over HTTPS
             command = worker_argv(settings, socket.gethostname())
         log.info("starting the %s: %s", args.part, " ".join(command))
         os.execv(command[0], command)  # noqa: S606 - the part replaces this process (PID 1)

@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Orthanc with the AI node's plugin, on the official Orthanc image (which ships the Python,
 # DICOMweb and PostgreSQL plugins). Build context: the repository root (see docker-compose.yml).
+# The same image runs the node's front door (nginx, `entrypoint.py door`), whose configuration
+# is rendered by the same code as `ainode up`'s.
 #
 # Why this exact tag: Orthanc's Python plugin embeds the image's own system Python, and the
 # plugin's packages must come from a virtual environment made by that same interpreter (see
@@ -14,7 +16,7 @@ FROM orthancteam/orthanc:25.4.0
 USER root
 RUN python3 -c 'import sys; v = sys.version_info[:2]; sys.exit(None if v == (3, 11) else "this Orthanc image embeds Python %d.%d; the node needs 3.11 (see docker/orthanc.Dockerfile)" % v)' \
  && apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv nginx openssl \
  && rm -rf /var/lib/apt/lists/*
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -51,6 +53,6 @@ RUN venv/bin/pip install -q --no-deps -e . \
 
 # The official image's non-root user (uid 999); the data volume is created owned by it.
 USER orthanc
-EXPOSE 8042 4242
+EXPOSE 8042 4242 8443
 ENTRYPOINT ["/opt/ainode/venv/bin/python", "/opt/ainode/docker/entrypoint.py"]
 CMD ["orthanc"]

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${AINODE_VENV:-.venv}"
-DEB_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk redis-server dicom3tools python3.11-venv)
+DEB_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk redis-server dicom3tools python3.11-venv nginx openssl)
 if [ "${AINODE_WITH_TEST_TOOLS:-0}" = 1 ]; then
   DEB_PACKAGES+=(orthanc-postgresql postgresql chromium)  # postgresql: tests/integration/test_postgres.py
 fi
@@ -61,9 +61,23 @@ if [ ! -f "$ohif_dir/.ainode-installed" ]; then
 fi
 ln -sfn "$OHIF_VERSION" build/ohif/current
 
+# Tests only: MONAI Label's own Python client (tests/integration/test_door_monailabel.py), from
+# its pinned wheel taken whole with --no-deps into build/monailabel/; the tests import
+# monailabel.client from the zip (it needs only requests), nothing of the server is installed.
+MONAILABEL_CLIENT_PIN="monailabel==0.8.5 --hash=sha256:0c2c9bd72c8f9862c0c182d14e7f2637c53ccd616f9ffa584f619b1040f1fc6b"
+fetch_test_wheels() {
+  [ "${AINODE_WITH_TEST_TOOLS:-0}" = 1 ] || return 0
+  compgen -G "build/monailabel/monailabel-0.8.5-*.whl" > /dev/null && return 0
+  echo "bootstrap: downloading the MONAI Label client wheel into build/monailabel"
+  mkdir -p build/monailabel
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --require-hashes \
+    -d build/monailabel -r /dev/stdin <<< "$MONAILABEL_CLIENT_PIN"
+}
+
 stamp="$VENV/.ainode-installed"
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  fetch_test_wheels
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -80,3 +94,4 @@ SAM2_BUILD_CUDA=0 "$VENV/bin/pip" install -q --disable-pip-version-check \
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "TotalSegmentator==2.18.0"
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
 echo "$want" > "$stamp"
+fetch_test_wheels

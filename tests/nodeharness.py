@@ -1,7 +1,9 @@
 """Starting real nodes for tests: Orthanc with the real plugin, Redis and a Celery worker.
 
 Every node gets its own temporary data directory and free ports, so test runs can go in
-parallel. Authentication is turned off explicitly unless a test asks for it. A node started
+parallel. Authentication is turned off explicitly unless a test asks for it. ``Node.url`` is
+Orthanc's own loopback port; ``Node.door_url`` and ``Node.door_session()`` reach the node's front
+door (nginx, HTTPS with the node's self-signed certificate, trusted by the session). A node started
 with ``supervised=True`` runs the supervisor's watch loop on a thread, as ``ainode up`` does in
 the foreground, so a part that dies (a killed worker) is restarted.
 """
@@ -25,6 +27,7 @@ from pydicom import Dataset, dcmread
 
 from ainode.credentials import orthanc_auth
 from ainode.jobs import JobState
+from ainode.node.door import door_session
 from ainode.node.processes import ManagedProcess
 from ainode.node.supervisor import Supervisor
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, phantom_datasets
@@ -92,6 +95,8 @@ def node_settings(data_dir: Path, **overrides: Any) -> Settings:
         "dicom_port": free_port(),
         "redis_port": free_port(),
         "interactive_port": free_port(),
+        "door_port": free_port(),
+        "door_bind_all": False,
         "auth_enabled": False,
         "http_bind_all": False,
         "stable_age_s": 1,
@@ -121,6 +126,15 @@ class Node:
     @property
     def auth(self) -> tuple[str, str] | None:
         return orthanc_auth(self.settings)
+
+    @property
+    def door_url(self) -> str:
+        """The node's front door (nginx, HTTPS unless door_tls is off); ``url`` is Orthanc's."""
+        return self.settings.door_url
+
+    def door_session(self, *, authenticated: bool = True) -> requests.Session:
+        """A session to the door that trusts the node's own certificate, logged in or not."""
+        return door_session(self.settings, self.auth if authenticated else None)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(f"{self.url}{path}", auth=self.auth, timeout=30, **kwargs)

@@ -1,14 +1,16 @@
-"""Orthanc's REST API as the front door of the worker's interactive segmentation service.
+"""Orthanc's own forwarding of JSON requests to the worker's interactive segmentation service.
 
-Viewers talk to Orthanc only (one origin, one login); these handlers forward
+The node's front door (nginx, :mod:`ainode.node.door`) sends ``/ai/interactive/`` and
+``/ai/monailabel/`` straight to the service: Orthanc 1.10 drops a POST's query string and
+answers multipart POSTs itself, so MONAI Label's ``infer`` and ``?format=`` options only work
+through the door, and ``/ai/monailabel/`` is the door's alone. For clients of Orthanc's
+loopback port, these handlers forward JSON requests
 
 * ``/ai/interactive/segment`` -> ``/segment``
 * ``/ai/interactive/sessions/{id}/reset`` and ``.../accept`` -> ``/sessions/{id}/...``
 * ``/ai/interactive/sessions`` and ``/ai/interactive/health`` -> ``/sessions``, ``/health``
 * ``/ai/interactive/series/{series}/prefetch`` and ``/ai/interactive/series`` -> ``/series/...``
   (a viewer prefetches the series it opens)
-* ``/ai/monailabel/...`` -> ``/monailabel/...`` (MONAI Label clients: set the server URL to
-  ``http(s)://<orthanc>/ai/monailabel``)
 
 to the service, keeping status codes, content types, bodies and the service's own headers
 (``X-Session``, ``X-Timings``, ``Content-Disposition``). The service being down answers 503,
@@ -32,8 +34,9 @@ from ainode_plugin.http import Request, Response, Router
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 120.0
-# Request headers worth passing on; hop-by-hop and Orthanc's own (auth) headers stay behind.
-_FORWARDED_REQUEST_HEADERS = ("content-type", "accept")
+# Request headers worth passing on; hop-by-hop headers stay behind. The login Orthanc checked
+# is the node's one login, which the service checks again.
+_FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "authorization")
 _FORWARDED_RESPONSE_HEADERS = ("content-disposition", "x-session", "x-timings")
 
 # (pattern registered with Orthanc, methods, function from the match groups to the service path)
@@ -53,7 +56,6 @@ ROUTES: tuple[tuple[str, tuple[str, ...], Callable[[tuple[str, ...]], str]], ...
         lambda g: f"/series/{g[0]}/prefetch",
     ),
     (r"/ai/interactive/series", ("GET",), lambda g: "/series"),
-    (r"/ai/monailabel(/.*)?", ("GET", "POST"), lambda g: "/monailabel" + (g[0] or "/")),
 )
 
 

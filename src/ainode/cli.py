@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from ainode import models_cli
 from ainode.credentials import orthanc_auth, read_credentials
 from ainode.node.commands import worker_argv
+from ainode.node.door import fingerprint, trust_node_certificate
 from ainode.node.health import collect_status
 from ainode.node.processes import StartError
 from ainode.node.supervisor import AlreadyRunningError, Supervisor, read_supervisor_pid
@@ -32,7 +33,7 @@ from ainode.settings import Settings, SettingsFileError, describe_settings_error
 
 log = logging.getLogger("ainode")
 
-LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive")
+LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive", "door", "door-access")
 
 
 def _out(text: str) -> None:
@@ -57,12 +58,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     # command that detached it shows the credentials on its terminal instead.
     if supervisor.credentials_created and not args.detached_child:
         _show_generated_credentials(settings)
+    _show_fingerprint(settings)
     _out(
-        f"AI node up: {settings.http_url} (Orthanc Explorer at /app/explorer.html), "
+        f"AI node up: {_public_url(settings)} (Orthanc Explorer at /app/explorer.html), "
         f"DICOM {settings.dicom_aet}@{settings.dicom_port}. Ctrl-C stops it."
     )
     supervisor.run_forever()
     return 0
+
+
+def _public_url(settings: Settings) -> str:
+    return settings.door_url if settings.door_enabled else settings.http_url
 
 
 def _show_generated_credentials(settings: Settings) -> None:
@@ -70,6 +76,15 @@ def _show_generated_credentials(settings: Settings) -> None:
     _out(
         f"Generated Orthanc credentials (shown once; `ainode creds` prints them): {user}:{password}"
     )
+
+
+def _show_fingerprint(settings: Settings) -> None:
+    """The door's certificate, so a browser's or client's first "trust it?" can be checked."""
+    if settings.door_enabled and settings.door_tls and settings.door_cert_path.is_file():
+        _out(
+            f"HTTPS certificate {settings.door_cert_path}, "
+            f"SHA-256 fingerprint {fingerprint(settings.door_cert_path)}"
+        )
 
 
 def _up_detached(settings: Settings, timeout_s: float) -> int:
@@ -96,6 +111,7 @@ def _up_detached(settings: Settings, timeout_s: float) -> int:
         if status.healthy:
             if settings.auth_enabled and not had_credentials:
                 _show_generated_credentials(settings)
+            _show_fingerprint(settings)
             _print_status(status.to_json())
             return 0
         time.sleep(0.5)
@@ -129,7 +145,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_status(data: dict[str, object]) -> None:
-    _out(f"HTTP {data['http_url']}   DICOM {data['dicom_aet']}@{data['dicom_port']}")
+    url = data.get("url") or data["http_url"]
+    _out(f"URL {url}   DICOM {data['dicom_aet']}@{data['dicom_port']}")
     parts = data["parts"]
     assert isinstance(parts, dict)
     for name, part in parts.items():
@@ -378,6 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
     except (ValidationError, SettingsFileError) as error:
         sys.stderr.write(f"ainode: {describe_settings_error(error)}\n")
+        return 2
+    try:
+        trust_node_certificate(settings)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(f"ainode: orthanc_ca_file {settings.orthanc_ca_file}: {error}\n")
         return 2
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     return func(settings, args)

@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     dicom_port: int = Field(default=4242, ge=1, le=65535)
     dicom_aet: str = Field(default="AINODE", max_length=16, pattern=r"^[A-Z0-9_ \-]+$")
     http_bind_all: bool = Field(
-        default=True, description="Accept HTTP from other hosts (auth must then be on)."
+        default=False,
+        description="Orthanc accepts HTTP from other hosts; off: loopback only, behind the door.",
     )
     auth_enabled: bool = True
     redis_url: str | None = Field(
@@ -207,6 +208,29 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="How often due notifications are looked for."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    door_enabled: bool = Field(
+        default=True, description="Run the front door (nginx): one HTTPS origin for every route."
+    )
+    door_port: int = Field(default=8443, ge=1, le=65535)
+    door_bind_all: bool = Field(
+        default=True, description="The door accepts other hosts; off: loopback only."
+    )
+    door_tls: bool = Field(default=True, description="HTTPS at the door; off: plain HTTP.")
+    door_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain); unset: a self-signed one is made."
+    )
+    door_key_file: Path | None = Field(default=None, description="PEM key of door_cert_file.")
+    door_max_body_mib: int = Field(
+        default=4096, ge=1, description="Largest body to Orthanc (STOW-RS, uploads); more: 413."
+    )
+    door_interactive_max_body_mib: int = Field(
+        default=16, ge=1, description="Largest body to the interactive service; more: 413."
+    )
+    door_binary: Path = Path("/usr/sbin/nginx")
+    orthanc_ca_file: Path | None = Field(
+        default=None,
+        description="CA or certificate trusted for an https orthanc_url (the node's door cert).",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -233,6 +257,20 @@ class Settings(BaseSettings):
     @property
     def interactive_url(self) -> str:
         return f"http://127.0.0.1:{self.interactive_port}"
+
+    @property
+    def door_url(self) -> str:
+        """The node's one public URL as seen from this machine."""
+        scheme = "https" if self.door_tls else "http"
+        return f"{scheme}://localhost:{self.door_port}"
+
+    @property
+    def door_cert_path(self) -> Path:
+        return self.door_cert_file or self.data_dir / "door" / "cert.pem"
+
+    @property
+    def door_key_path(self) -> Path:
+        return self.door_key_file or self.data_dir / "door" / "key.pem"
 
     @property
     def credentials_file(self) -> Path:

@@ -15,6 +15,7 @@ import requests
 from nodeharness import Node, node_settings, settings_env, start_node, wait_for
 from pydicom import dcmread
 
+from ainode.node.door import fingerprint
 from ainode.node.health import collect_status
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
@@ -26,7 +27,7 @@ AINODE = [sys.executable, "-m", "ainode.cli"]
 def test_every_part_reports_healthy(node: Node) -> None:
     status = collect_status(node.settings)
     assert status.healthy, status.to_json()
-    assert set(status.parts) == {"redis", "orthanc", "plugin", "worker", "interactive"}
+    assert set(status.parts) == {"redis", "orthanc", "plugin", "worker", "interactive", "door"}
     health = node.json("/ai/health")
     assert health["orthanc"]["healthy"] and health["broker"]["healthy"]
     assert health["worker"]["healthy"], health
@@ -106,6 +107,9 @@ def test_cli_up_detach_status_down(tmp_path: Path) -> None:
         data = json.loads(status.stdout)
         assert status.returncode == 0 and data["healthy"], status.stdout
         assert data["http_url"] == settings.http_url
+        assert data["url"] == settings.door_url and data["url"].startswith("https://")
+        fingerprint_line = f"SHA-256 fingerprint {fingerprint(settings.door_cert_path)}"
+        assert fingerprint_line in up.stdout, up.stdout
         assert data["dicom_port"] == settings.dicom_port and data["dicom_aet"] == "AINODE"
         assert {p: v["healthy"] for p, v in data["parts"].items()} == {
             "redis": True,
@@ -113,6 +117,7 @@ def test_cli_up_detach_status_down(tmp_path: Path) -> None:
             "plugin": True,
             "worker": True,
             "interactive": True,
+            "door": True,
         }
     finally:
         down = subprocess.run(
@@ -142,7 +147,7 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         children = subprocess.run(
             ["pgrep", "-P", str(pids[0])], capture_output=True, text=True, check=False
         ).stdout.split()
-        assert len(children) == 4  # redis, orthanc, worker, interactive
+        assert len(children) == 5  # redis, orthanc, worker, interactive, door
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:

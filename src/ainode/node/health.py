@@ -10,6 +10,7 @@ import requests
 
 from ainode.broker import make_celery, ping_workers
 from ainode.credentials import orthanc_auth
+from ainode.node.door import door_verify
 from ainode.settings import Settings, redact_url
 from ainode.worker_runtime import worker_runtimes
 
@@ -23,6 +24,7 @@ class PartHealth:
 @dataclass
 class NodeStatus:
     http_url: str
+    url: str | None
     dicom_port: int
     dicom_aet: str
     parts: dict[str, PartHealth] = field(default_factory=dict)
@@ -43,9 +45,11 @@ def probe_redis(url: str) -> str | None:
     return None
 
 
-def probe_http(url: str, auth: tuple[str, str] | None, timeout_s: float = 2.0) -> str | None:
+def probe_http(
+    url: str, auth: tuple[str, str] | None, timeout_s: float = 2.0, verify: str | bool = True
+) -> str | None:
     try:
-        response = requests.get(url, auth=auth, timeout=timeout_s)
+        response = requests.get(url, auth=auth, timeout=timeout_s, verify=verify)
     except requests.RequestException as error:
         return f"{url} does not answer: {type(error).__name__}"
     if response.status_code != 200:
@@ -60,7 +64,8 @@ def probe_worker(settings: Settings, timeout_s: float = 1.0) -> str | None:
 
 def collect_status(settings: Settings) -> NodeStatus:
     """Ask each part directly, so a broken part never hides behind another one."""
-    status = NodeStatus(settings.http_url, settings.dicom_port, settings.dicom_aet)
+    door_url = settings.door_url if settings.door_enabled else None
+    status = NodeStatus(settings.http_url, door_url, settings.dicom_port, settings.dicom_aet)
     auth = orthanc_auth(settings)
 
     def record(name: str, reason: str | None, ok_detail: str) -> None:
@@ -88,7 +93,13 @@ def collect_status(settings: Settings) -> NodeStatus:
     if settings.interactive_enabled:
         record(
             "interactive",
-            probe_http(f"{settings.interactive_url}/health", None),
+            probe_http(f"{settings.interactive_url}/health", auth),
             f"answers at {settings.interactive_url}",
+        )
+    if settings.door_enabled:
+        record(
+            "door",
+            probe_http(f"{settings.door_url}/ai/health", auth, verify=door_verify(settings)),
+            f"answers at {settings.door_url}",
         )
     return status

@@ -36,6 +36,10 @@ class ManagedProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.process is not None and not self.running:
+            # What the last run left behind (nginx's workers outlive a killed master and keep
+            # its port) must go before the part starts again.
+            _signal_group(self.process.pid, signal.SIGKILL)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(

@@ -16,6 +16,7 @@ from typing import IO
 
 from ainode.credentials import ensure_credentials, orthanc_auth
 from ainode.node.commands import interactive_argv, orthanc_argv, worker_argv
+from ainode.node.door import door_verify, nginx_argv, write_door_files
 from ainode.node.health import probe_http, probe_redis, probe_worker
 from ainode.node.orthanc_config import (
     check_plugins_installed,
@@ -69,7 +70,8 @@ class Supervisor:
         )
         check_plugins_installed(config)
         orthanc_json = write_orthanc_config(s, config)
-        self.services = self._define_services(orthanc_json, settings_file)
+        door_config = write_door_files(s, credentials) if s.door_enabled else None
+        self.services = self._define_services(orthanc_json, settings_file, door_config)
 
     def _take_lock(self) -> None:
         lock = (self.settings.run_dir / "supervisor.lock").open("a+")
@@ -84,7 +86,9 @@ class Supervisor:
         pid_file = self.settings.run_dir / "supervisor.pid"
         pid_file.write_text(str(os.getpid()))
 
-    def _define_services(self, orthanc_json: Path, settings_file: Path) -> list[ManagedProcess]:
+    def _define_services(
+        self, orthanc_json: Path, settings_file: Path, door_config: Path | None
+    ) -> list[ManagedProcess]:
         s = self.settings
         auth = orthanc_auth(s)
         env = {"AINODE_SETTINGS": str(settings_file), "TCP_NODELAY": "1"}
@@ -126,10 +130,21 @@ class Supervisor:
                     name="interactive",
                     argv=interactive_argv(s),
                     log_file=s.logs_dir / "interactive.log",
-                    probe=lambda: probe_http(f"{s.interactive_url}/health", None),
+                    probe=lambda: probe_http(f"{s.interactive_url}/health", auth),
                     env=env,
                     cwd=REPO_ROOT,
                     start_timeout_s=120.0,
+                )
+            )
+        if door_config is not None:
+            services.append(
+                ManagedProcess(
+                    name="door",
+                    argv=nginx_argv(s, door_config),
+                    log_file=s.logs_dir / "door.log",
+                    probe=lambda: probe_http(
+                        f"{s.door_url}/ai/health", auth, verify=door_verify(s)
+                    ),
                 )
             )
         return services

@@ -306,8 +306,9 @@ def test_published_ports_are_the_settings_ports() -> None:
         defaults["http_port"].default,
         defaults["dicom_port"].default,
         defaults["redis_port"].default,
+        defaults["door_port"].default,
     }
-    assert known == {8042, 4242, 6379}
+    assert known == {8042, 4242, 6379, 8443}
     orthanc_env = environment(SERVICES["orthanc"])
     # The container side is pinned, so a port set in configs/settings.yaml cannot move it.
     orthanc_ports = {int(orthanc_env["AINODE_HTTP_PORT"]), int(orthanc_env["AINODE_DICOM_PORT"])}
@@ -323,6 +324,38 @@ def test_published_ports_are_the_settings_ports() -> None:
                 assert container in orthanc_ports
     published = {int(split_outside_references(str(m))[-1]) for m in SERVICES["orthanc"]["ports"]}
     assert published == orthanc_ports
+    door = {int(split_outside_references(str(m))[-1]) for m in SERVICES["door"]["ports"]}
+    assert door == {int(environment(SERVICES["door"])["AINODE_DOOR_PORT"])}
+
+
+def test_the_door_runs_nginx_from_the_orthanc_image_in_front_of_orthanc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The door's environment gives settings whose nginx config proxies to the orthanc service."""
+    from ainode.node.door import render_nginx_config
+
+    door = SERVICES["door"]
+    assert door["image"] == SERVICES["orthanc"]["image"]  # built by the orthanc service
+    assert door["command"] == ["door"]
+    assert "entrypoint.py door-health" in " ".join(door["healthcheck"]["test"][1:])
+    assert door["depends_on"]["orthanc"]["condition"] == "service_healthy"
+    mount = mount_target(door, PurePosixPath("/var/lib/ainode"))
+    assert mount is not None and mount["type"] == "volume"  # the generated certificate stays
+    for key in [k for k in os.environ if k.startswith("AINODE_")]:
+        monkeypatch.delenv(key)
+    for key, value in environment(door).items():
+        monkeypatch.setenv(key, interpolate(value, DOTENV))
+    settings = Settings()
+    assert settings.door_tls and settings.auth_enabled and settings.door_bind_all
+    config = render_nginx_config(settings, htpasswd=Path("/x/htpasswd"), certificate=None)
+    assert "proxy_pass http://orthanc:8042;" in config
+    assert "/ai/monailabel" not in config  # no interactive service in this deployment
+    nginx_install = next(
+        i.arguments
+        for i in dockerfile_instructions(dockerfile(ORTHANC_DOCKERFILE))
+        if i.keyword == "RUN" and "apt-get install" in i.arguments
+    )
+    assert re.search(r"\bnginx\b", nginx_install) and "openssl" in nginx_install
 
 
 # ---------------------------------------------------------------------------- secrets

@@ -1,4 +1,9 @@
-"""The plugin's forwarding routes against the real interactive service on a real port."""
+"""The plugin's forwarding routes against the real interactive service on a real port.
+
+Only what Orthanc delivers to a plugin callback is sent here (JSON bodies, no query string on a
+POST); query options, multipart forms and MONAI Label clients go through the node's door and
+are tested there (tests/integration/test_door.py).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytest
-import requests
 from ainode_plugin.http import Request, Router
 from ainode_plugin.interactive_routes import add_interactive_routes
 from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
-from ainode_worker.interactive.encoding import decode_mask
 from ainode_worker.interactive.volumes import InMemoryVolumeLoader
 from ainode_worker.volume import Volume
 from nodeharness import free_port
 
 from ainode.phantoms import Geometry
 
-from .helpers import PhantomSeries, ServedApp, dice, object_click, phantom_series
+from .helpers import PhantomSeries, ServedApp, object_click, phantom_series
 
 
 @pytest.fixture(scope="module")
@@ -65,44 +67,6 @@ def _json_request(path: str, body: Any, **query: str) -> Request:
     )
 
 
-def test_segment_reset_and_accept_through_orthanc_routes(
-    served: ServedApp, series: PhantomSeries
-) -> None:
-    router = _router(served.url)
-    x, y, z = object_click(series.phantom, 1)
-    click = {"series": series.uid, "points": [{"x": x, "y": y, "z": z, "label": 1}]}
-    answer = router.dispatch(_json_request("/ai/interactive/segment", click))
-    assert answer.status == 200 and answer.content_type == "application/json"
-    body = json.loads(answer.body)
-    assert dice(decode_mask(body["mask"]), series.phantom.labels == 1) >= 0.85
-    session = body["session"]
-
-    nifti = router.dispatch(
-        _json_request("/ai/interactive/segment", {**click, "session": session}, format="nifti")
-    )
-    assert nifti.status == 200 and nifti.content_type == "application/gzip"
-    assert nifti.headers["x-session"] == session and "total_ms" in nifti.headers["x-timings"]
-    assert nifti.body[:2] == b"\x1f\x8b"
-
-    accepted = router.dispatch(
-        _json_request(f"/ai/interactive/sessions/{session}/accept", {"store": False})
-    )
-    assert accepted.status == 200
-    assert np.array_equal(decode_mask(json.loads(accepted.body)["mask"]), decode_mask(body["mask"]))
-    dicom = router.dispatch(
-        _json_request(
-            f"/ai/interactive/sessions/{session}/accept", {"store": False}, format="dicom"
-        )
-    )
-    assert dicom.status == 200 and dicom.content_type == "application/dicom"
-    assert dicom.body[128:132] == b"DICM"
-
-    reset = router.dispatch(_json_request(f"/ai/interactive/sessions/{session}/reset", None))
-    assert reset.status == 200 and json.loads(reset.body)["reset"] is True
-    listed = router.dispatch(Request("GET", "/ai/interactive/sessions"))
-    assert session in {s["session"] for s in json.loads(listed.body)["sessions"]}
-
-
 def test_errors_of_the_service_pass_through_unchanged(served: ServedApp) -> None:
     router = _router(served.url)
     answer = router.dispatch(
@@ -112,28 +76,6 @@ def test_errors_of_the_service_pass_through_unchanged(served: ServedApp) -> None
     assert "unknown model 'nope'" in json.loads(answer.body)["error"]
     missing = router.dispatch(_json_request("/ai/interactive/sessions/abc123/reset", None))
     assert missing.status == 404 and "no session" in json.loads(missing.body)["error"]
-
-
-def test_monai_label_routes_keep_multipart(served: ServedApp, series: PhantomSeries) -> None:
-    router = _router(served.url)
-    info = router.dispatch(Request("GET", "/ai/monailabel/info/"))
-    assert info.status == 200 and "regiongrow" in json.loads(info.body)["models"]
-    params = {"foreground": [list(object_click(series.phantom, 2))], "background": []}
-    prepared = requests.Request(
-        "POST", "http://x/", files={"params": (None, json.dumps(params))}
-    ).prepare()
-    answer = router.dispatch(
-        Request(
-            "POST",
-            "/ai/monailabel/infer/regiongrow",
-            query={"image": series.uid, "output": "all"},
-            headers={"content-type": str(prepared.headers["Content-Type"])},
-            body=prepared.body if isinstance(prepared.body, bytes) else b"",
-        )
-    )
-    assert answer.status == 200
-    assert answer.content_type.startswith("multipart/form-data; boundary=")
-    assert b'name="params"' in answer.body and b'filename="label.nii.gz"' in answer.body
 
 
 def test_service_down_is_503_and_slow_is_504(series: PhantomSeries) -> None:

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ainode.settings import Settings
 
 from . import errors
+from .auth import BasicAuth, monailabel_auth_router
 from .config import AcceptedLabel, InteractiveConfig
 from .encoding import encode_mask, nifti_bytes
 from .monailabel import monailabel_router
@@ -142,15 +143,21 @@ def create_app(
     app = FastAPI(title=config.name, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    if config.users:  # added last: runs first, before a body is read
+        app.add_middleware(BasicAuth, users=config.users, realm=config.name)
     _install_error_handlers(app)
     _add_routes(app, service)
     app.include_router(monailabel_router(service), prefix="/monailabel")
+    app.include_router(monailabel_auth_router(config.users), prefix="/monailabel")
     return app
 
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+_DRAIN_LIMIT_BYTES = 64 << 20
 
 
 class BodyLimit:
@@ -173,7 +180,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(send, receive, more_body=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -184,7 +191,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(send, receive, more_body=message.get("more_body", False))
                 return
             if not message.get("more_body", False):
                 break
@@ -199,7 +206,20 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, receive: Receive, *, more_body: bool) -> None:
+        """Answer 413 after reading the rest of the body (discarding it, up to a bound).
+
+        Closing with a body unread resets the connection, and a proxy (the node's door,
+        which passes at most ``door_interactive_max_body_mib``) then reports 502 instead.
+        """
+        drained = 0
+        more = more_body
+        while more and drained <= _DRAIN_LIMIT_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            drained += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
         body = json.dumps(
             {
                 "error": f"the request body is larger than {self.max_bytes} bytes",

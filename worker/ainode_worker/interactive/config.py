@@ -135,6 +135,11 @@ class InteractiveConfig(_Strict):
     )
     accepted_label: AcceptedLabel = Field(default_factory=AcceptedLabel)
     store_accepted: bool = Field(default=True, description="store accepted masks in Orthanc")
+    users: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,
+        description="HTTP Basic logins the service accepts on every route; empty: no login",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InteractiveConfig:
@@ -163,6 +168,8 @@ class InteractiveConfig(_Strict):
             "orthanc_url": settings.orthanc_base_url,
             "orthanc_username": auth[0] if auth else None,
             "orthanc_password": auth[1] if auth else None,
+            # The node's one login, checked here too, so a local process cannot skip the door.
+            "users": dict([auth]) if settings.auth_enabled and auth else {},
         }
         if models_file is not None:
             data.update(load_models_file(models_file))
