@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ainode_plugin.http import Request, Response, Router
 from ainode_plugin.jobstore import JobStore
-from ainode_plugin.metrics import Family, Histogram, NodeMetrics, render
+from ainode_plugin.metrics import NodeMetrics
 from ainode_plugin.ui_routes import broker_queue_lengths, instrument_interactive
 from nodeharness import Node, start_node, wait_for, write_rules
 from prometheus_client.metrics_core import Metric
@@ -129,30 +129,48 @@ def _parse(text: str) -> datetime:
 # -- the parts, without a node ------------------------------------------------------------
 
 
-def test_label_values_with_quotes_backslashes_and_newlines_parse_back() -> None:
-    family = Family("ainode_test", "gauge", 'help with "quotes"\nand a newline')
+class _StoredDicom:
+    """What Orthanc hands the stored-instance callback, as far as the counter reads it."""
+
+    def __init__(self, origin: int) -> None:
+        self.origin = origin
+
+    def GetInstanceOrigin(self) -> int:  # Orthanc's name
+        return self.origin
+
+
+def test_label_values_with_quotes_backslashes_and_newlines_parse_back(tmp_path: Path) -> None:
     odd = 'rule "a"\\b\nc'
-    family.add(3, decided_by=odd)
-    family.add(0.25)
-    parsed = list(text_string_to_metric_families(render([family]).decode()))
-    assert len(parsed) == 1
-    samples = {tuple(s.labels.items()): s.value for s in parsed[0].samples}
-    assert samples == {(("decided_by", odd),): 3.0, (): 0.25}
+    with JobStore.in_data_dir(tmp_path) as store:
+        metrics = NodeMetrics(
+            store, queue_lengths=lambda: None, workers=list, origin_names={7: odd, 1: "plain"}
+        )
+        for origin in (7, 7, 7, 1):
+            metrics.ingest.on_stored_instance(_StoredDicom(origin), "instance-id")
+        text = metrics.render().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {
+        tuple(s.labels.items()): s.value
+        for s in families["ainode_instances_received"].samples
+        if s.name == "ainode_instances_received_total"
+    }
+    assert samples == {(("origin", odd),): 3.0, (("origin", "plain"),): 1.0}
 
 
-def test_in_memory_histogram_is_cumulative_and_parses() -> None:
-    histogram = Histogram((0.1, 1.0))
-    for seconds in (0.05, 0.5, 0.7, 3.0):
-        histogram.observe(seconds, route="segment", status="2xx")
-    family = Family("ainode_x_seconds", "histogram", "x")
-    histogram.fill(family)
-    parsed = next(text_string_to_metric_families(render([family]).decode()))
-    got = {(s.name, s.labels.get("le")): s.value for s in parsed.samples}
-    assert got[("ainode_x_seconds_bucket", "0.1")] == 1
-    assert got[("ainode_x_seconds_bucket", "1.0")] == 3
-    assert got[("ainode_x_seconds_bucket", "+Inf")] == 4
-    assert got[("ainode_x_seconds_count", None)] == 4
-    assert got[("ainode_x_seconds_sum", None)] == pytest.approx(4.25)
+def test_in_memory_histogram_is_cumulative_and_parses(tmp_path: Path) -> None:
+    with JobStore.in_data_dir(tmp_path) as store:
+        metrics = NodeMetrics(store, queue_lengths=lambda: None, workers=list)
+        for seconds in (0.05, 0.5, 0.7, 3.0):
+            metrics.interactive.observe(seconds, route="segment", status="2xx")
+        text = metrics.render().decode()
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    name = "ainode_interactive_request_seconds"
+    got = {(s.name, s.labels.get("le")): s.value for s in parsed[name].samples}
+    assert got[(f"{name}_bucket", "0.1")] == 1
+    assert got[(f"{name}_bucket", "1.0")] == 3
+    assert got[(f"{name}_bucket", "+Inf")] == 4
+    assert got[(f"{name}_count", None)] == 4
+    assert got[(f"{name}_sum", None)] == pytest.approx(4.25)
 
 
 def test_forwarded_interactive_requests_are_timed(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-Location = tuple[str | int, ...]
+from ainode.yamlmarks import Location
+
+__all__ = ["Location", "Problem", "RulesError", "format_field"]
 
 
 def format_field(location: Location) -> str:

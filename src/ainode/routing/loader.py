@@ -16,15 +16,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from ainode.jobs import Destination, JobState
+from ainode.yamlmarks import (
+    MAX_FILE_BYTES,
+    MarkedDocument,
+    YamlDocumentError,
+    decode_document,
+    load_marked,
+)
 
 from .conditions import parse_condition
 from .destinations import KnownDestinations, parse_destination, unknown_destination
 from .errors import Location, Problem, RulesError, format_field
 from .rules import Notify, Rule, RuleSet
 from .schema import Action, RuleModel, RulesFileModel, validation_problems
-from .yamlmarks import MarkedDocument, load_marked
-
-MAX_FILE_BYTES = 1 << 20
 
 
 def load_rules(
@@ -60,18 +64,12 @@ def parse_rules(
 ) -> RuleSet:
     """Validate rules given as text (see :func:`load_rules`)."""
     raw = content.encode("utf-8") if isinstance(content, str) else content
-    if len(raw) > MAX_FILE_BYTES:
-        raise RulesError(
-            source, [Problem(None, "", f"the file is larger than {MAX_FILE_BYTES} bytes")]
-        )
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
+        doc = load_marked(decode_document(raw, MAX_FILE_BYTES), "a rules file")
+    except YamlDocumentError as error:
         raise RulesError(
-            source, [Problem(line, "", "the file is not UTF-8 text (save it as UTF-8)")]
+            source, [Problem(p.line, format_field(p.location), p.message) for p in error.problems]
         ) from error
-    doc = load_marked(text, source)
     if doc.data is None:
         raise RulesError(
             source, [Problem(None, "", "the file is empty; it needs version, mode and rules")]

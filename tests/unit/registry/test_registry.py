@@ -17,6 +17,7 @@ from ainode.registry import (
 )
 from ainode.settings import REPO_ROOT
 from ainode.totalseg_tasks import totalsegmentator_tasks
+from ainode.yamlmarks import MAX_FILE_BYTES, MAX_NODES
 
 LABEL = """\
       - value: 1
@@ -160,6 +161,39 @@ def test_invalid_yaml_names_its_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "models:\n  - id: [unclosed\n")
     with pytest.raises(RegistryError, match=r"models\.yaml:3 .*not valid YAML"):
         load_registry(path)
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """Aliases that expand exponentially are refused before any data is built."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 8):
+        refs = ", ".join([f"*a{level - 1}"] * 10)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    path = _write(tmp_path, "\n".join(lines) + "\nmodels:\n" + _model())
+    message = _error(path)
+    assert f"more than {MAX_NODES} values" in message
+    assert "a model registry is never that large" in message
+    assert f"{path}:" in message
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models: &loop [*loop]\n")
+    assert "an alias refers to itself" in _error(path)
+
+
+def test_oversize_registry_is_refused(tmp_path: Path) -> None:
+    padding = "# " + "x" * 98 + "\n"
+    body = "models:\n" + _model() + padding * (MAX_FILE_BYTES // len(padding) + 1)
+    path = _write(tmp_path, body)
+    assert f"{path}:1 (file): the file is larger than {MAX_FILE_BYTES} bytes" in _error(path)
+
+
+def test_registry_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    body = "models:\n" + _model()
+    path.write_bytes(body.encode() + b"# caf\xe9\n")
+    line = body.count("\n") + 1  # the comment after the model
+    assert f"{path}:{line} (file): the file is not UTF-8 text" in _error(path)
 
 
 def test_params_merge_validates_unknown_keys() -> None:

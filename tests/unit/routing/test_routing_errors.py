@@ -9,7 +9,7 @@ from routing_helpers import DESTINATIONS, marked_line, rules_text
 
 from ainode.routing import RulesError, load_rules, parse_rules
 from ainode.routing.conditions import MAX_DEPTH
-from ainode.routing.yamlmarks import MAX_NODES
+from ainode.yamlmarks import MAX_NODES
 
 
 def error_of(text: str, **kwargs: object) -> RulesError:

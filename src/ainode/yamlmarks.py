@@ -1,31 +1,51 @@
 """YAML loading that remembers where each value was written, so errors can name its line.
 
-PyYAML's node tree carries a start mark for every key and value; we walk it once, recording
-the line of each path (``("rules", 0, "when", "Modality")``), then build plain Python data from
-the same tree. Only ``SafeLoader`` constructs are allowed, and every way a hostile or mistyped
-file can fail (bad syntax, an explicit tag with a bad value, recursive or exponentially
-expanding aliases, absurd nesting) ends as a :class:`RulesError`, never another exception.
+Shared by the two files people edit by hand, the routing rules and the model registry. PyYAML's
+node tree carries a start mark for every key and value; we walk it once, recording the line of
+each path (``("rules", 0, "when", "Modality")``), then build plain Python data from the same
+tree. Only ``SafeLoader`` constructs are allowed, and every way a hostile or mistyped file can
+fail (not UTF-8, too large, bad syntax, an explicit tag with a bad value, a key written twice,
+recursive or exponentially expanding aliases, absurd nesting) ends as a
+:class:`YamlDocumentError` listing its problems, never another exception. Each caller turns
+those problems into its own error type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import Location, Problem, RulesError, format_field
+Location = tuple[str | int, ...]
 
-# A rules file lists a few dozen rules; these limits only stop pathological input.
+# Both files list a few dozen entries; these limits only stop pathological input.
+MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 20_000  # values in the document, an alias counted at every use
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _RulesLoader(yaml.SafeLoader):
+@dataclass(frozen=True)
+class YamlProblem:
+    """One thing wrong with a document: its 1-based line (None: the whole file) and path."""
+
+    line: int | None
+    location: Location
+    message: str
+
+
+class YamlDocumentError(ValueError):
+    """The document could not be read; ``problems`` lists everything found."""
+
+    def __init__(self, problems: Sequence[YamlProblem]) -> None:
+        self.problems: tuple[YamlProblem, ...] = tuple(problems)
+        super().__init__("; ".join(problem.message for problem in self.problems))
+
+
+class _MarkedLoader(yaml.SafeLoader):
     """A SafeLoader whose scalar constructors fail only with YAML errors; dates stay text."""
 
 
@@ -43,17 +63,17 @@ def _guarded(constructor: Callable[[Any, Node], Any]) -> Callable[[Any, Node], A
 
 for _tag in ("null", "bool", "int", "float", "binary"):
     _full_tag = f"tag:yaml.org,2002:{_tag}"
-    _RulesLoader.add_constructor(_full_tag, _guarded(yaml.SafeLoader.yaml_constructors[_full_tag]))
+    _MarkedLoader.add_constructor(_full_tag, _guarded(yaml.SafeLoader.yaml_constructors[_full_tag]))
 
 
 def _timestamp_as_text(loader: yaml.SafeLoader, node: Node) -> Any:
-    """Dates are never needed by rules; as text they cannot fail on "2024-13-45"."""
+    """Dates are never needed by these files; as text they cannot fail on "2024-13-45"."""
     if not isinstance(node, ScalarNode):
         raise ConstructorError(None, None, "expected a date", node.start_mark)
     return loader.construct_scalar(node)
 
 
-_RulesLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+_MarkedLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
 
 
 @dataclass(frozen=True)
@@ -64,68 +84,91 @@ class MarkedDocument:
     key_lines: dict[Location, int] = field(default_factory=dict)
     value_lines: dict[Location, int] = field(default_factory=dict)
 
+    def written_part(self, location: Sequence[Any]) -> Location:
+        """The longest leading part of ``location`` that was written in the document."""
+        loc: Location = tuple(path_part(part) for part in location)
+        while loc and loc not in self.key_lines and loc not in self.value_lines:
+            loc = loc[:-1]
+        return loc
+
     def line_of(self, location: Sequence[Any]) -> int | None:
         """The line of ``location``, or of its nearest enclosing path that was written.
 
         A missing field thus points at the mapping that lacks it, an unknown field at its key.
         """
-        loc: Location = tuple(_path_part(part) for part in location)
-        while True:
-            if loc in self.key_lines:
-                return self.key_lines[loc]
-            if loc in self.value_lines:
-                return self.value_lines[loc]
-            if not loc:
-                return None
-            loc = loc[:-1]
+        loc = self.written_part(location)
+        if loc in self.key_lines:
+            return self.key_lines[loc]
+        return self.value_lines.get(loc)
 
 
-def _path_part(part: Any) -> str | int:
+def path_part(part: Any) -> str | int:
+    """A location part as the document's paths hold it: a key's text or a list index."""
     if isinstance(part, bool) or not isinstance(part, str | int):
         return str(part)
     return part
 
 
-def load_marked(text: str, source: Path | str) -> MarkedDocument:
-    """Parse one YAML document, keeping line marks; raises :class:`RulesError`."""
+def decode_document(raw: bytes, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """The text of a file's bytes, refusing oversize and non-UTF-8 content."""
+    if len(raw) > max_bytes:
+        raise YamlDocumentError(
+            [YamlProblem(None, (), f"the file is larger than {max_bytes} bytes")]
+        )
     try:
-        loader = _RulesLoader(text)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise YamlDocumentError(
+            [YamlProblem(line, (), "the file is not UTF-8 text (save it as UTF-8)")]
+        ) from error
+
+
+def load_marked(text: str, what: str = "a rules file") -> MarkedDocument:
+    """Parse one YAML document, keeping line marks; raises :class:`YamlDocumentError`.
+
+    ``what`` names the kind of file in messages about absurd size ("... is never that large").
+    """
+    try:
+        loader = _MarkedLoader(text)
     except yaml.reader.ReaderError as error:  # a character YAML does not allow
         line = text[: error.position].count("\n") + 1
-        raise RulesError(source, [Problem(line, "", f"not valid YAML: {error.reason}")]) from error
+        raise YamlDocumentError(
+            [YamlProblem(line, (), f"not valid YAML: {error.reason}")]
+        ) from error
     try:
         node = loader.get_single_node()
         if node is None:
             return MarkedDocument(data=None)
-        _check_size(node, source)
+        _check_size(node, what)
         key_lines: dict[Location, int] = {}
         value_lines: dict[Location, int] = {}
-        problems: list[Problem] = []
+        problems: list[YamlProblem] = []
         _walk(loader, node, (), key_lines, value_lines, set(), problems)
         if problems:
-            raise RulesError(source, problems)
+            raise YamlDocumentError(problems)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as error:
-        raise RulesError(source, [_yaml_problem(error)]) from error
+        raise YamlDocumentError([_yaml_problem(error)]) from error
     except yaml.YAMLError as error:
-        raise RulesError(source, [Problem(None, "", f"not valid YAML: {error}")]) from error
+        raise YamlDocumentError([YamlProblem(None, (), f"not valid YAML: {error}")]) from error
     except RecursionError as error:
-        raise RulesError(
-            source, [Problem(None, "", "the YAML is nested far too deeply to be a rules file")]
+        raise YamlDocumentError(
+            [YamlProblem(None, (), f"the YAML is nested far too deeply to be {what}")]
         ) from error
     finally:
         loader.dispose()
     return MarkedDocument(data=data, key_lines=key_lines, value_lines=value_lines)
 
 
-def _yaml_problem(error: yaml.MarkedYAMLError) -> Problem:
+def _yaml_problem(error: yaml.MarkedYAMLError) -> YamlProblem:
     mark = error.problem_mark or error.context_mark
     parts = [part for part in (error.context, error.problem) if part]
     text = "; ".join(parts) if parts else str(error)
-    return Problem(mark.line + 1 if mark else None, "", f"not valid YAML: {text}")
+    return YamlProblem(mark.line + 1 if mark else None, (), f"not valid YAML: {text}")
 
 
-def _check_size(root: Node, source: Path | str) -> None:
+def _check_size(root: Node, what: str) -> None:
     """Refuse recursive aliases and documents whose aliases expand beyond :data:`MAX_NODES`."""
     sizes: dict[int, int] = {}
     active: set[int] = set()
@@ -135,9 +178,8 @@ def _check_size(root: Node, source: Path | str) -> None:
         if key in sizes:
             return sizes[key]
         if key in active:
-            raise RulesError(
-                source,
-                [Problem(node.start_mark.line + 1, "", "an alias refers to itself (recursive)")],
+            raise YamlDocumentError(
+                [YamlProblem(node.start_mark.line + 1, (), "an alias refers to itself (recursive)")]
             )
         active.add(key)
         total = 1
@@ -148,16 +190,15 @@ def _check_size(root: Node, source: Path | str) -> None:
             for item in node.value:
                 total += measure(item)
         if total > MAX_NODES:
-            raise RulesError(
-                source,
+            raise YamlDocumentError(
                 [
-                    Problem(
+                    YamlProblem(
                         node.start_mark.line + 1,
-                        "",
+                        (),
                         f"the document expands to more than {MAX_NODES} values "
-                        "(aliases counted at each use); a rules file is never that large",
+                        f"(aliases counted at each use); {what} is never that large",
                     )
-                ],
+                ]
             )
         active.discard(key)
         sizes[key] = total
@@ -167,13 +208,13 @@ def _check_size(root: Node, source: Path | str) -> None:
 
 
 def _walk(
-    loader: _RulesLoader,
+    loader: _MarkedLoader,
     node: Node,
     path: Location,
     key_lines: dict[Location, int],
     value_lines: dict[Location, int],
     seen: set[int],
-    problems: list[Problem],
+    problems: list[YamlProblem],
 ) -> None:
     value_lines.setdefault(path, node.start_mark.line + 1)
     if id(node) in seen:  # an alias: its lines were recorded where the anchor was written
@@ -184,15 +225,15 @@ def _walk(
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
                 continue  # complex keys fail at construction; merges have no path of their own
-            key = _path_part(loader.construct_object(key_node))
+            key = path_part(loader.construct_object(key_node))
             line = key_node.start_mark.line + 1
             if key in first_line:
                 problems.append(
-                    Problem(
+                    YamlProblem(
                         line,
-                        format_field((*path, key)),
-                        f"{key!r} is written twice in the same mapping (first on line "
-                        f"{first_line[key]}); YAML would silently keep only the last one",
+                        (*path, key),
+                        f"duplicate key: {key!r} is written twice in the same mapping (first on "
+                        f"line {first_line[key]}); YAML would silently keep only the last one",
                     )
                 )
                 continue
