@@ -481,7 +481,12 @@ def test_worker_image_runs_python_311_on_cuda() -> None:
     )
     assert "runtime" in instructions[0].arguments
     text = dockerfile(WORKER_DOCKERFILE).read_text()
-    assert "python3.11 -m venv" in text and "-r requirements.lock" in text
+    assert "python3.11 -m venv" in text
+    # The pinned lock, less its CPU-only ONNX Runtime, then the GPU one: never both installed.
+    assert "grep -v -E '^onnxruntime==' requirements.lock" in text
+    assert "-r requirements-gpu.lock" in text and "! venv/bin/pip show -q onnxruntime" in text
+    gpu_lock = (REPO_ROOT / "requirements-gpu.lock").read_text()
+    assert re.search(r"^onnxruntime-gpu==", gpu_lock, re.M)
 
 
 # ---------------------------------------------------------------------------- mounts vs code
