@@ -83,6 +83,27 @@ def test_info_reports_models_and_labels_as_monai_label(client: TestClient) -> No
     assert model["dimension"] == 3
 
 
+def test_info_lists_only_models_that_load(series: PhantomSeries, tmp_path: Path) -> None:
+    """A configured SAM model whose weights are missing is not offered (MONAI Label lists the
+    models it loaded); once its files are there it is, while region growing always is."""
+    loader = InMemoryVolumeLoader()
+    loader.add(series.volume)
+    models = {
+        "regiongrow": {"kind": "regiongrow"},
+        "sam-missing": {
+            "kind": "sam-onnx",
+            "encoder": str(tmp_path / "absent.encoder.onnx"),
+            "decoder": str(tmp_path / "absent.decoder.onnx"),
+        },
+    }
+    config = InteractiveConfig(store_accepted=False, labels={"sphere": 1}, models=models)
+    client = TestClient(create_app(config, loader=loader))
+    info = client.get("/monailabel/info/").json()
+    assert set(info["models"]) == {"regiongrow"}
+    health_models = {m["name"] for m in client.get("/health").json()["models"]}
+    assert health_models == {"regiongrow", "sam-missing"}  # /health still reports every one
+
+
 def test_deepgrow_style_clicks_answer_multipart(
     client: TestClient, series: PhantomSeries, tmp_path: Path
 ) -> None:

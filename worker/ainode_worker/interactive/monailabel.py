@@ -98,7 +98,7 @@ def app_info(service: InteractiveService) -> dict[str, Any]:
             "description": f"interactive {backend.kind} segmentation (clicks on any slice)",
             "config": {},
         }
-        for name, backend in service.backends.items()
+        for name, backend in service.loadable_backends().items()
     }
     return {
         "name": service.config.name,

@@ -27,6 +27,7 @@ from .config import AcceptedLabel, InteractiveConfig
 from .errors import (
     BadRequestError,
     BusyError,
+    ModelUnavailableError,
     NothingToAcceptError,
     SeriesMismatchError,
     SeriesNotFoundError,
@@ -126,6 +127,23 @@ class InteractiveService:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started = time.monotonic()
+
+    def loadable_backends(self) -> dict[str, Backend]:
+        """The backends whose weights load, as MONAI Label lists its models (it loads at start).
+
+        Each is loaded once, on the first ask (weights are otherwise loaded on first use); one
+        that cannot be is left out with its reason logged, and asked again next time, so weights
+        installed later appear without a restart.
+        """
+        loadable = {}
+        for name, backend in self.backends.items():
+            try:
+                backend.ensure_ready()
+            except ModelUnavailableError as error:
+                log.warning("interactive model %s is not offered: %s", name, error)
+                continue
+            loadable[name] = backend
+        return loadable
 
     def backend(self, model: str) -> Backend:
         try:
