@@ -239,11 +239,14 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     assert undone.value.ok and undone.value.json()["voxels"] == first["voxels"]
     expect(page.locator(PANEL)).to_have_attribute("data-voxels", str(first["voxels"]))
 
+    segs_listed = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG")
+    expect(segs_listed).to_have_count(1)  # the pipeline's
     page.locator("#ainode-ai-label").fill("Sphere (OHIF)")
     with page.expect_response(lambda r: r.url.endswith("/accept")) as accepted:
         page.locator("#ainode-ai-accept").click()
     assert accepted.value.ok, accepted.value.text()
     expect(page.locator("#ainode-ai-status")).to_contain_text("Stored as a DICOM-SEG")
+    expect(segs_listed).to_have_count(2)  # the viewer loaded the new SEG into the study
     snapshot(page, "accepted")
     seg_answer = accepted.value.json()["seg"]
     assert seg_answer["stored"] is True

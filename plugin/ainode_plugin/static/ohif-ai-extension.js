@@ -648,7 +648,7 @@ class AiPanel {
       const seg = answer.seg;
       this.root.dataset.accepted = seg.series_instance_uid;
       this.say(`Stored as a DICOM-SEG in the study (${seg.stored ? 'new' : 'already stored'}).`);
-      this.showNewSeries();
+      this.showNewSeries(seg.series_instance_uid);
     } catch (error) {
       this.say(`Accept failed: ${error.message}`, true);
     } finally {
@@ -657,14 +657,24 @@ class AiPanel {
     }
   }
 
-  /** Ask the data source for the study's series again, so the new SEG shows up in the viewer. */
-  showNewSeries() {
+  /** Load the new SEG series into the viewer, so that it shows in the study's series list.
+   *
+   * OHIF caches a study's metadata request under "<data source name>:<study>" (its own
+   * deleteStudyMetadataPromise is given the bare study UID and so misses it): the entry goes
+   * before and after a request for the new series alone, so later loads fetch afresh. */
+  async showNewSeries(seriesUid) {
     try {
       const [dataSource] = this.extensionManager.getActiveDataSource();
-      const result = dataSource.retrieve.series.metadata({ StudyInstanceUID: this.series.study });
-      Promise.resolve(result).catch(error => console.warn('ainode: reloading the study failed', error));
+      const study = this.series.study;
+      const key = `${dataSource.getConfig().name}:${study}`;
+      dataSource.deleteStudyMetadataPromise(key);
+      await dataSource.retrieve.series.metadata({
+        StudyInstanceUID: study,
+        filters: { seriesInstanceUID: [seriesUid] },
+      });
+      dataSource.deleteStudyMetadataPromise(key);
     } catch (error) {
-      console.warn('ainode: reloading the study failed', error);
+      console.warn('ainode: loading the new SEG into the viewer failed', error);
     }
   }
 
