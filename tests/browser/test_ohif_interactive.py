@@ -8,8 +8,11 @@ click, undoes it, and accepts: the SEG the node stores matches the phantom's tru
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,13 @@ rules:
     destinations: [orthanc]
 """
 PANEL = "#ainode-ai-panel"
+# Region growing, and a SAM-ONNX model whose files are missing: the picker offers both and
+# disables the one that does not load, with the service's reason.
+MODELS = """\
+models:
+  regiongrow: {kind: regiongrow}
+  sam-onnx: {kind: sam-onnx, encoder: missing/sam.encoder.onnx, decoder: missing/sam.decoder.onnx}
+"""
 
 
 @dataclass
@@ -55,10 +65,13 @@ class Study:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
     assert ohif_installed(), "the OHIF viewer is not installed: run `make setup-test`"
     folder = tmp_path_factory.mktemp("ohif-node")
+    models = folder / "interactive-models.yaml"
+    models.write_text(MODELS)
     node = start_node(
         folder / "node",
         routing_rules=write_rules(folder / "rules.yaml", RULES),
         auth_enabled=True,
+        interactive_models_file=models,
     )
     try:
         ids = SeriesIds(accession_number="OHIFAI1", study_description="OHIF AI phantom")
@@ -201,7 +214,9 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     # The study's AI jobs, and the service's models in the picker.
     job = page.locator(".ainode-ai-job").first
     expect(job).to_contain_text("demo-phantom-onnx", timeout=30_000)
-    expect(page.locator("#ainode-ai-model option[value=regiongrow]")).to_have_count(1)
+    model = page.locator("#ainode-ai-model")
+    expect(model.locator("option")).to_have_count(2)
+    expect(model).to_have_value("regiongrow")
     expect(page.locator("#ainode-ai-run")).to_be_enabled()
 
     viewport = page.locator(".cornerstone-viewport-element").first
@@ -209,6 +224,16 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     before = _saturated(wait_for(lambda: _screenshot(viewport), 30, 0.5, "a viewport screenshot"))
     page.locator("#ainode-ai-tool").click()
     expect(page.locator("#ainode-ai-tool")).to_have_attribute("aria-pressed", "true")
+
+    # The SAM-ONNX model's files are missing: a click with it says why, and the picker then
+    # disables it and goes back to a model that works.
+    model.select_option("sam-onnx")
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as refused:
+        page.mouse.click(target["x"], target["y"])
+    assert refused.value.status == 503
+    expect(page.locator("#ainode-ai-status")).to_contain_text("does not exist")
+    expect(model.locator("option[value=sam-onnx]")).to_be_disabled()
+    expect(model).to_have_value("regiongrow")
 
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
         page.mouse.click(target["x"], target["y"])
@@ -271,3 +296,31 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     ).astype(bool)
     assert mask.shape == truth.shape
     assert dice(mask, truth) >= 0.9
+
+    # A new object from a box drawn around the sphere on the shown slice.
+    page.locator("#ainode-ai-reset").click()
+    expect(page.locator(PANEL)).not_to_have_attribute("data-voxels", re.compile(".*"))
+    half = sphere.radius_mm / geometry.spacing[1] + 3
+    a = _click_target(page, geometry, z, centre_row - half, centre_col - half)
+    b = _click_target(page, geometry, z, centre_row + half, centre_col + half)
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as boxed:
+        page.mouse.move(a["x"], a["y"])
+        page.mouse.down()
+        page.mouse.move(b["x"], b["y"], steps=5)
+        page.mouse.up()
+    assert boxed.value.ok, boxed.value.text()
+    sent = boxed.value.request.post_data_json
+    assert sent["points"] == [] and len(sent["boxes"]) == 1 and sent["boxes"][0]["z"] == z
+    assert "session" not in sent  # a new object starts a new session
+    assert dice(_decode(boxed.value.json()["mask"]), truth) >= 0.85
+    snapshot(page, "box")
+
+
+def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
+    """The interactive API's packbits-gzip-base64 mask (worker/ainode_worker/interactive)."""
+    shape = tuple(mask["shape"])
+    bits = np.unpackbits(
+        np.frombuffer(gzip.decompress(base64.b64decode(mask["data"])), dtype=np.uint8),
+        count=int(np.prod(shape)),
+    )
+    return bits.reshape(shape).astype(bool)

@@ -44,7 +44,9 @@ async function call(method, path, body) {
   }
   if (!answer.ok) {
     const reason = (data && (data.error || data.detail || data.message)) || text || answer.statusText;
-    throw new Error(`${answer.status}: ${typeof reason === 'string' ? reason : JSON.stringify(reason)}`);
+    const error = new Error(`${answer.status}: ${typeof reason === 'string' ? reason : JSON.stringify(reason)}`);
+    error.type = data && data.type; // the interactive service's error class
+    throw error;
   }
   return data;
 }
@@ -444,6 +446,7 @@ class AiPanel {
         const option = document.createElement('option');
         option.value = model.name;
         option.textContent = `${model.name}${model.kind && model.kind !== model.name ? ` (${model.kind})` : ''}`;
+        option.title = model.loaded ? 'loaded' : 'loads on first use';
         if (model.error) {
           option.disabled = true;
           option.title = model.error;
@@ -456,6 +459,21 @@ class AiPanel {
     } catch (error) {
       this.say(`Interactive segmentation unavailable (${error.message})`, true);
     }
+    this.refreshButtons();
+  }
+
+  /** A model whose weights do not load stays listed, disabled, with the service's reason. */
+  modelUnavailable(name, reason) {
+    const option = [...this.ui.model.options].find(o => o.value === name);
+    if (!option) {
+      return;
+    }
+    option.disabled = true;
+    option.title = reason;
+    option.textContent = `${option.textContent} (unavailable)`;
+    const usable = [...this.ui.model.options].find(o => !o.disabled);
+    this.ui.model.value = usable ? usable.value : '';
+    this.root.dataset.unavailable = [...this.ui.model.options].filter(o => o.disabled).map(o => o.value).join(',');
     this.refreshButtons();
   }
 
@@ -603,6 +621,9 @@ class AiPanel {
     } catch (error) {
       this.prompts.pop(); // a refused prompt is not kept
       this.say(`Segmentation failed: ${error.message}`, true);
+      if (error.type === 'ModelUnavailableError') {
+        this.modelUnavailable(body.model, error.message);
+      }
     } finally {
       this.busy = false;
       this.refreshButtons();
