@@ -9,9 +9,10 @@
  *
  * What a radiologist gets, for the series shown in the active viewport:
  * - the study's AI jobs, and "Run AI" with the pipelines that can take the series;
- * - click-to-segment: a click adds an object point, a shift-click (or right/ctrl-click
- *   while the tool is on) a background point, a drag a box; the 3D mask is drawn over every
- *   slice; Undo takes the last prompt back; Accept stores a DICOM-SEG (SEMIAUTOMATIC);
+ * - click-to-segment: while the tool is on, a click adds an object point, a shift- or
+ *   ctrl-click a background point, a drag a box; the 3D mask is drawn over every slice of the
+ *   series' own plane; Undo takes the last prompt back; Accept stores a DICOM-SEG
+ *   (SEMIAUTOMATIC) and loads it into the study;
  * - a model picker listing the interactive service's models (SAM 2, SAM-ONNX when configured);
  * - the series is prefetched by the service when it is opened, so the first click is quick.
  *
@@ -538,15 +539,10 @@ class AiPanel {
     this.segment();
   }
 
-  currentSlice() {
+  /** The slice nearest a patient-space point (by position along the series' normal). */
+  nearestSlice(world) {
     const g = this.series.geometry;
-    const imageId = this.viewport.getCurrentImageId && this.viewport.getCurrentImageId();
-    if (imageId && g.zOf.has(imageId)) {
-      return g.zOf.get(imageId);
-    }
-    // A volume viewport: the slice nearest the camera's focal point.
-    const focal = this.viewport.getCamera().focalPoint;
-    const along = dot(focal, g.normal);
+    const along = dot(world, g.normal);
     let best = 0;
     g.positions.forEach((p, z) => {
       if (Math.abs(dot(p, g.normal) - along) < Math.abs(dot(g.positions[best], g.normal) - along)) {
@@ -556,10 +552,24 @@ class AiPanel {
     return best;
   }
 
-  toVoxel(canvasPoint) {
+  /** The slice shown, or null when the view is not in the series' own plane (MPR). */
+  currentSlice() {
     const g = this.series.geometry;
-    const z = this.currentSlice();
-    const v = worldToVoxel(g, this.viewport.canvasToWorld(canvasPoint), z);
+    const imageId = this.viewport.getCurrentImageId && this.viewport.getCurrentImageId();
+    if (imageId && g.zOf.has(imageId)) {
+      return g.zOf.get(imageId);
+    }
+    const camera = this.viewport.getCamera();
+    if (Math.abs(dot(camera.viewPlaneNormal, g.normal)) < 0.999) {
+      return null;
+    }
+    return this.nearestSlice(camera.focalPoint);
+  }
+
+  toVoxel(canvasPoint) {
+    const world = this.viewport.canvasToWorld(canvasPoint);
+    const z = this.nearestSlice(world); // any view: the click's own slice
+    const v = worldToVoxel(this.series.geometry, world, z);
     return { x: Math.round(v.x), y: Math.round(v.y), z };
   }
 
@@ -723,7 +733,10 @@ class AiPanel {
     try {
       z = this.currentSlice();
     } catch (error) {
-      return;
+      z = null;
+    }
+    if (z === null) {
+      return; // the mask is drawn on the series' own plane only
     }
     const g = this.series.geometry;
     if (this.mask && this.mask.shape[0] === g.positions.length) {
