@@ -212,8 +212,8 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
 
     wait_for(held, 60, 0.5, "the interactive service to hold the opened series")
     # The study's AI jobs, and the service's models in the picker.
-    job = page.locator(".ainode-ai-job").first
-    expect(job).to_contain_text("demo-phantom-onnx", timeout=30_000)
+    first_job = page.locator(".ainode-ai-job").first
+    expect(first_job).to_contain_text("demo-phantom-onnx", timeout=30_000)
     model = page.locator("#ainode-ai-model")
     expect(model.locator("option")).to_have_count(2)
     expect(model).to_have_value("regiongrow")
@@ -255,7 +255,9 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
         page.mouse.click(edge["x"], edge["y"])
         page.keyboard.up("Shift")
     assert corrected.value.ok, corrected.value.text()
-    labels = [p["label"] for p in corrected.value.request.post_data_json["points"]]
+    correction = corrected.value.request.post_data_json
+    assert correction is not None
+    labels = [p["label"] for p in correction["points"]]
     assert labels == [1, 0]
     assert corrected.value.json()["voxels"] < first["voxels"]
     snapshot(page, "corrected")
@@ -310,10 +312,21 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
         page.mouse.up()
     assert boxed.value.ok, boxed.value.text()
     sent = boxed.value.request.post_data_json
-    assert sent["points"] == [] and len(sent["boxes"]) == 1 and sent["boxes"][0]["z"] == z
+    assert sent is not None and sent["points"] == []
+    assert len(sent["boxes"]) == 1 and sent["boxes"][0]["z"] == z
     assert "session" not in sent  # a new object starts a new session
     assert dice(_decode(boxed.value.json()["mask"]), truth) >= 0.85
     snapshot(page, "box")
+
+    # Run AI on the displayed series by hand: a job of that pipeline, listed with the study's.
+    page.locator("#ainode-ai-pipeline").select_option("demo-phantom-onnx")
+    with page.expect_response(lambda r: r.url.endswith("/run")) as ran:
+        page.locator("#ainode-ai-run").click()
+    assert ran.value.ok, ran.value.text()
+    job = ran.value.json()
+    assert job["pipeline"] == "demo-phantom-onnx" and job["series_uid"] == ids.series_uid
+    expect(page.locator("#ainode-ai-run-status")).to_contain_text("demo-phantom-onnx")
+    assert any(j["id"] == job["id"] for j in node.json(f"/ai/jobs?study={ids.study_uid}")["jobs"])
 
 
 def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
