@@ -13,6 +13,8 @@ import contextlib
 import gzip
 import io
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +47,13 @@ rules:
     destinations: [orthanc]
 """
 PANEL = "#ainode-ai-panel"
-# Region growing, and a SAM-ONNX model whose files are missing: the picker offers both and
-# disables the one that does not load, with the service's reason.
-MODELS = """\
-models:
-  regiongrow: {kind: regiongrow}
-  sam-onnx: {kind: sam-onnx, encoder: missing/sam.encoder.onnx, decoder: missing/sam.decoder.onnx}
+# Added to the random-weight SAM 2 models (PyTorch and ONNX) that
+# scripts/build_test_sam_models.py builds: a model whose files are missing. The picker offers
+# all four and disables the one that does not load, with the service's reason.
+MISSING_MODEL = """\
+  sam-missing: {kind: sam-onnx, encoder: missing/encoder.onnx, decoder: missing/decoder.onnx}
 """
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -65,8 +67,20 @@ class Study:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
     assert ohif_installed(), "the OHIF viewer is not installed: run `make setup-test`"
     folder = tmp_path_factory.mktemp("ohif-node")
-    models = folder / "interactive-models.yaml"
-    models.write_text(MODELS)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "build_test_sam_models.py"),
+            str(folder / "sam"),
+            "--image-size",
+            "256",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    models = folder / "sam" / "interactive-models.yaml"
+    models.write_text(models.read_text() + MISSING_MODEL)
     node = start_node(
         folder / "node",
         routing_rules=write_rules(folder / "rules.yaml", RULES),
@@ -170,6 +184,34 @@ def _click_target(page: Page, geometry: Geometry, z: int, row: float, col: float
     return target
 
 
+def _open_viewer(page: Page, study: Study) -> Page:
+    """OHIF on the study, its series shown, the AI panel following it, and the interactive
+    service holding the series (the viewer asked for a prefetch when it opened it)."""
+    node, ids = study.node, study.ids
+    page.set_default_timeout(60_000)
+    page.goto(f"{node.url}/ohif/viewer?StudyInstanceUIDs={ids.study_uid}")
+    panel = page.locator(f"{PANEL}[data-series='{ids.series_uid}']")
+
+    def ready() -> bool:
+        _dismiss_ohif_prompts(page)
+        return panel.count() == 1
+
+    wait_for(ready, 120, 0.5, "OHIF to show the series and the AI panel to follow it")
+
+    def no_banner() -> bool:
+        _dismiss_ohif_prompts(page)
+        return page.get_by_text("Confirm and hide").count() == 0
+
+    wait_for(no_banner, 30, 0.5, "OHIF's banner to go")
+
+    def held() -> bool:
+        held = node.json("/ai/interactive/series")["series"]
+        return any(s["series_uid"] == ids.series_uid for s in held)
+
+    wait_for(held, 60, 0.5, "the interactive service to hold the opened series")
+    return page
+
+
 def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
     return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
@@ -188,34 +230,12 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     centre_row = sphere.centre_mm[1] / geometry.spacing[1]
     centre_col = sphere.centre_mm[2] / geometry.spacing[2]
 
-    page = new_page(node.auth)
-    page.set_default_timeout(60_000)
-    page.goto(f"{node.url}/ohif/viewer?StudyInstanceUIDs={ids.study_uid}")
-    panel = page.locator(f"{PANEL}[data-series='{ids.series_uid}']")
-
-    def ready() -> bool:
-        _dismiss_ohif_prompts(page)
-        return panel.count() == 1
-
-    wait_for(ready, 120, 0.5, "OHIF to show the series and the AI panel to follow it")
-
-    def no_banner() -> bool:
-        _dismiss_ohif_prompts(page)
-        return page.get_by_text("Confirm and hide").count() == 0
-
-    wait_for(no_banner, 30, 0.5, "OHIF's banner to go")
-
-    # Opening the series made the service load it (the viewer asked for a prefetch).
-    def held() -> bool:
-        held = node.json("/ai/interactive/series")["series"]
-        return any(s["series_uid"] == ids.series_uid for s in held)
-
-    wait_for(held, 60, 0.5, "the interactive service to hold the opened series")
+    page = _open_viewer(new_page(node.auth), study)
     # The study's AI jobs, and the service's models in the picker.
     first_job = page.locator(".ainode-ai-job").first
     expect(first_job).to_contain_text("demo-phantom-onnx", timeout=30_000)
     model = page.locator("#ainode-ai-model")
-    expect(model.locator("option")).to_have_count(2)
+    expect(model.locator("option")).to_have_count(4)  # regiongrow, sam2, sam-onnx, sam-missing
     expect(model).to_have_value("regiongrow")
     expect(page.locator("#ainode-ai-run")).to_be_enabled()
 
@@ -225,14 +245,14 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     page.locator("#ainode-ai-tool").click()
     expect(page.locator("#ainode-ai-tool")).to_have_attribute("aria-pressed", "true")
 
-    # The SAM-ONNX model's files are missing: a click with it says why, and the picker then
-    # disables it and goes back to a model that works.
-    model.select_option("sam-onnx")
+    # A model's files are missing: a click with it says why, and the picker then disables it
+    # and goes back to a model that works.
+    model.select_option("sam-missing")
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as refused:
         page.mouse.click(target["x"], target["y"])
     assert refused.value.status == 503
     expect(page.locator("#ainode-ai-status")).to_contain_text("does not exist")
-    expect(model.locator("option[value=sam-onnx]")).to_be_disabled()
+    expect(model.locator("option[value=sam-missing]")).to_be_disabled()
     expect(model).to_have_value("regiongrow")
 
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
@@ -337,3 +357,34 @@ def _decode(mask: dict[str, Any]) -> NDArray[np.bool_]:
         count=int(np.prod(shape)),
     )
     return bits.reshape(shape).astype(bool)
+
+
+def test_the_configured_sam_models_segment_from_the_ohif_panel(
+    new_page: Callable[[tuple[str, str] | None], Page],
+    study: Study,
+    snapshot: Callable[[Page, str], None],
+) -> None:
+    """SAM 2 (PyTorch) and SAM-ONNX with random weights: what they segment means nothing, but
+    the panel offers them, sends the click with the chosen model and shows the answer."""
+    geometry = study.phantom.geometry
+    sphere = next(s for s in study.phantom.shapes if isinstance(s, Sphere))
+    z = round(sphere.centre_mm[0] / geometry.spacing[0])
+    page = _open_viewer(new_page(study.node.auth), study)
+    target = _click_target(
+        page,
+        geometry,
+        z,
+        sphere.centre_mm[1] / geometry.spacing[1],
+        sphere.centre_mm[2] / geometry.spacing[2],
+    )
+    page.locator("#ainode-ai-tool").click()
+    for name in ("sam-onnx", "sam2"):
+        page.locator("#ainode-ai-model").select_option(name)
+        with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
+            page.mouse.click(target["x"], target["y"])
+        assert answer.value.ok, answer.value.text()
+        result = answer.value.json()
+        assert result["model"] == name
+        assert result["shape"] == list(geometry.shape)
+        expect(page.locator("#ainode-ai-status")).to_contain_text(f"{result['voxels']} voxels")
+        snapshot(page, name)
