@@ -47,6 +47,7 @@ rules:
     destinations: [orthanc]
 """
 PANEL = "#ainode-ai-panel"
+WAIT_MS = 60_000  # for what the page shows next: generous, the machine may be loaded
 # Added to the random-weight SAM 2 models (PyTorch and ONNX) that
 # scripts/build_test_sam_models.py builds: a model whose files are missing. The picker offers
 # all four and disables the one that does not load, with the service's reason.
@@ -233,17 +234,21 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     page = _open_viewer(new_page(node.auth), study)
     # The study's AI jobs, and the service's models in the picker.
     first_job = page.locator(".ainode-ai-job").first
-    expect(first_job).to_contain_text("demo-phantom-onnx", timeout=30_000)
+    expect(first_job).to_contain_text("demo-phantom-onnx", timeout=WAIT_MS)
     model = page.locator("#ainode-ai-model")
-    expect(model.locator("option")).to_have_count(4)  # regiongrow, sam2, sam-onnx, sam-missing
-    expect(model).to_have_value("regiongrow")
-    expect(page.locator("#ainode-ai-run")).to_be_enabled()
+    expect(model.locator("option")).to_have_count(
+        4, timeout=WAIT_MS
+    )  # regiongrow, sam2, sam-onnx, sam-missing
+    expect(model).to_have_value("regiongrow", timeout=WAIT_MS)
+    expect(page.locator("#ainode-ai-run")).to_be_enabled(timeout=WAIT_MS)
 
     viewport = page.locator(".cornerstone-viewport-element").first
     target = _click_target(page, geometry, z, centre_row, centre_col)
     before = _saturated(wait_for(lambda: _screenshot(viewport), 30, 0.5, "a viewport screenshot"))
     page.locator("#ainode-ai-tool").click()
-    expect(page.locator("#ainode-ai-tool")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#ainode-ai-tool")).to_have_attribute(
+        "aria-pressed", "true", timeout=WAIT_MS
+    )
 
     # A model's files are missing: a click with it says why, and the picker then disables it
     # and goes back to a model that works.
@@ -251,9 +256,9 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as refused:
         page.mouse.click(target["x"], target["y"])
     assert refused.value.status == 503
-    expect(page.locator("#ainode-ai-status")).to_contain_text("does not exist")
-    expect(model.locator("option[value=sam-missing]")).to_be_disabled()
-    expect(model).to_have_value("regiongrow")
+    expect(page.locator("#ainode-ai-status")).to_contain_text("does not exist", timeout=WAIT_MS)
+    expect(model.locator("option[value=sam-missing]")).to_be_disabled(timeout=WAIT_MS)
+    expect(model).to_have_value("regiongrow", timeout=WAIT_MS)
 
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
         page.mouse.click(target["x"], target["y"])
@@ -264,9 +269,14 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     assert point["z"] == z and point["label"] == 1, point
     assert abs(point["y"] - centre_row) <= 1 and abs(point["x"] - centre_col) <= 1, point
     first = answer.value.json()
-    expect(page.locator(PANEL)).to_have_attribute("data-voxels", str(first["voxels"]))
+    expect(page.locator(PANEL)).to_have_attribute(
+        "data-voxels", str(first["voxels"]), timeout=WAIT_MS
+    )
     _newly_coloured(viewport, before, 100)
     snapshot(page, "mask")
+    # The mask is 3D: it is drawn on the sphere's other slices too.
+    _click_target(page, geometry, z - 2, centre_row, centre_col)
+    _newly_coloured(viewport, before, 100)
 
     # A background click near the sphere's edge takes part of the mask away; Undo gives it back.
     edge = _click_target(page, geometry, z, centre_row, centre_col + 0.6 * sphere.radius_mm)
@@ -284,16 +294,22 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as undone:
         page.locator("#ainode-ai-undo").click()
     assert undone.value.ok and undone.value.json()["voxels"] == first["voxels"]
-    expect(page.locator(PANEL)).to_have_attribute("data-voxels", str(first["voxels"]))
+    expect(page.locator(PANEL)).to_have_attribute(
+        "data-voxels", str(first["voxels"]), timeout=WAIT_MS
+    )
 
     segs_listed = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG")
-    expect(segs_listed).to_have_count(1)  # the pipeline's
+    expect(segs_listed).to_have_count(1, timeout=WAIT_MS)  # the pipeline's
     page.locator("#ainode-ai-label").fill("Sphere (OHIF)")
     with page.expect_response(lambda r: r.url.endswith("/accept")) as accepted:
         page.locator("#ainode-ai-accept").click()
     assert accepted.value.ok, accepted.value.text()
-    expect(page.locator("#ainode-ai-status")).to_contain_text("Stored as a DICOM-SEG")
-    expect(segs_listed).to_have_count(2)  # the viewer loaded the new SEG into the study
+    expect(page.locator("#ainode-ai-status")).to_contain_text(
+        "Stored as a DICOM-SEG", timeout=WAIT_MS
+    )
+    expect(segs_listed).to_have_count(
+        2, timeout=WAIT_MS
+    )  # the viewer loaded the new SEG into the study
     snapshot(page, "accepted")
     seg_answer = accepted.value.json()["seg"]
     assert seg_answer["stored"] is True
@@ -321,7 +337,9 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
 
     # A new object from a box drawn around the sphere on the shown slice.
     page.locator("#ainode-ai-reset").click()
-    expect(page.locator(PANEL)).not_to_have_attribute("data-voxels", re.compile(".*"))
+    expect(page.locator(PANEL)).not_to_have_attribute(
+        "data-voxels", re.compile(".*"), timeout=WAIT_MS
+    )
     half = sphere.radius_mm / geometry.spacing[1] + 3
     a = _click_target(page, geometry, z, centre_row - half, centre_col - half)
     b = _click_target(page, geometry, z, centre_row + half, centre_col + half)
@@ -345,7 +363,9 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     assert ran.value.ok, ran.value.text()
     job = ran.value.json()
     assert job["pipeline"] == "demo-phantom-onnx" and job["series_uid"] == ids.series_uid
-    expect(page.locator("#ainode-ai-run-status")).to_contain_text("demo-phantom-onnx")
+    expect(page.locator("#ainode-ai-run-status")).to_contain_text(
+        "demo-phantom-onnx", timeout=WAIT_MS
+    )
     assert any(j["id"] == job["id"] for j in node.json(f"/ai/jobs?study={ids.study_uid}")["jobs"])
 
 
@@ -386,5 +406,7 @@ def test_the_configured_sam_models_segment_from_the_ohif_panel(
         result = answer.value.json()
         assert result["model"] == name
         assert result["shape"] == list(geometry.shape)
-        expect(page.locator("#ainode-ai-status")).to_contain_text(f"{result['voxels']} voxels")
+        expect(page.locator("#ainode-ai-status")).to_contain_text(
+            f"{result['voxels']} voxels", timeout=WAIT_MS
+        )
         snapshot(page, name)

@@ -122,6 +122,7 @@ class AiPanel {
     this.prompts = [];
     this.mask = null;
     this.busy = false;
+    this.pending = false;
     this.active = false;
     this.drag = null;
     this.jobsAt = 0;
@@ -604,6 +605,10 @@ class AiPanel {
     if (!this.prompts.length) {
       return;
     }
+    if (this.busy) {
+      this.pending = true; // sent when the answer in flight is in, with every prompt so far
+      return;
+    }
     this.busy = true;
     this.refreshButtons();
     this.say('Segmenting…');
@@ -638,6 +643,10 @@ class AiPanel {
       this.busy = false;
       this.refreshButtons();
       this.draw();
+      if (this.pending) {
+        this.pending = false;
+        this.segment();
+      }
     }
   }
 
