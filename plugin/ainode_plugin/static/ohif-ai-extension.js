@@ -282,6 +282,10 @@ class AiPanel {
 
   openSeries(displaySet) {
     const uid = displaySet.SeriesInstanceUID;
+    if (this.session) {
+      // the last series' object was not accepted: its session goes now, not at its expiry
+      call('DELETE', `/ai/interactive/sessions/${this.session}`).catch(() => undefined);
+    }
     this.series = { uid, study: displaySet.StudyInstanceUID, orthancId: null, geometry: null };
     delete this.root.dataset.series;
     this.session = null;
