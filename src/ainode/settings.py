@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     worker_enabled: bool = True
     interactive_enabled: bool = True
     interactive_port: int = Field(default=8045, ge=1, le=65535)
+    interactive_models_file: Path | None = Field(
+        default=None,
+        description="The interactive service's models file (SAM 2, SAM-ONNX; limits): "
+        "worker/ainode_worker/interactive/README.md; default: region growing only",
+    )
     worker_concurrency: int = Field(default=1, ge=1)
     worker_queues: list[str] = Field(
         default_factory=every_queue_name, description="Celery queues the local worker consumes"

@@ -82,6 +82,9 @@ def test_ohif_configuration_points_at_the_nodes_own_dicomweb(node: Node) -> None
     assert source["configuration"]["wadoRoot"] == "/dicom-web"
     assert source["configuration"]["wadoUriRoot"] == "/wado"
     assert "window.location.origin" in text  # made absolute on the viewer's own origin
+    # OHIF imports the node's extension (AI panel, click-to-segment) from the plugin's pages.
+    assert config["extensions"] == ["/ai/ui/ohif-ai-extension.js"]
+    assert "javascript" in node.get(config["extensions"][0]).headers["Content-Type"]
     # The root it names answers QIDO-RS.
     assert node.get("/dicom-web/studies").status_code in (200, 204)
 

@@ -36,10 +36,12 @@ def worker_argv(settings: Settings, hostname: str) -> list[str]:
 
 
 def interactive_argv(settings: Settings) -> list[str]:
+    models = settings.interactive_models_file
     return [
         sys.executable,
         "-m",
         "ainode_worker.interactive",
         "--port",
         str(settings.interactive_port),
+        *(["--models", str(models)] if models is not None else []),
     ]

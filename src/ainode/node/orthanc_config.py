@@ -26,6 +26,9 @@ POSTGRES_INDEX_LIBRARY = "libOrthancPostgreSQLIndex.so"  # Debian package orthan
 OHIF_DIR = REPO_ROOT / "build" / "ohif" / "current"  # the pinned version, set by bootstrap.sh
 OHIF_MOUNT = "/ohif"  # bootstrap.sh rebases the prebuilt viewer's public path onto this
 OHIF_CONFIG_FILENAME = "ohif-app-config.js"
+# The node's OHIF extension (AI panel, click-to-segment), served by the plugin's UI routes
+# (plugin/ainode_plugin/static); OHIF imports extensions it does not bundle by URL.
+OHIF_EXTENSIONS = ("/ai/ui/ohif-ai-extension.js",)
 
 
 def render_orthanc_config(
@@ -150,7 +153,7 @@ def render_ohif_app_config(config: dict[str, Any]) -> str:
     wado_uri = "/" + str(dicomweb.get("WadoRoot", "/wado")).strip("/")
     app_config = {
         "routerBasename": OHIF_MOUNT,
-        "extensions": [],
+        "extensions": list(OHIF_EXTENSIONS),
         "modes": [],
         "customizationService": {},
         "showStudyList": True,
