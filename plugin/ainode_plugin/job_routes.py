@@ -31,6 +31,7 @@ from ainode_plugin.jobstore import (
     JobNotFound,
     JobStore,
     NotificationState,
+    is_current_attempt,
 )
 from ainode_plugin.routing_service import RoutingService
 
@@ -139,7 +140,9 @@ class JobRoutes:
             raise HttpError(400, "the update's job_id differs from the URL's")
         with _store_errors():
             job, applied = self.store.apply_update(update)
-        return Response.json({"applied": applied, "state": job.state.value})
+        # ``current``: the reporting worker holds the job's live attempt and should go on.
+        current = is_current_attempt(job, update.attempt) and not job.state.is_final
+        return Response.json({"applied": applied, "state": job.state.value, "current": current})
 
     def retry(self, request: Request) -> Response:
         with _store_errors():
@@ -151,7 +154,9 @@ class JobRoutes:
         with _store_errors():
             job = self.store.cancel(request.groups[0])
         try:
-            self.celery.control.revoke(job.id)  # spares the worker even fetching the series
+            # Stops the attempt mid-step: a waiting task is dropped, a running one's pool
+            # process is terminated. Without it the worker stops at its next step boundary.
+            self.celery.control.revoke(job.attempt_id or job.id, terminate=True, signal="SIGTERM")
         except (OperationalError, OSError) as error:
             # The cancel stands: a worker that receives the task later finds it cancelled.
             log.warning("job %s cancelled; the broker did not take the revoke: %s", job.id, error)
