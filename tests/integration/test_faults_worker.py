@@ -237,6 +237,33 @@ def test_orthanc_killed_with_results_about_to_be_stored_they_are_stored_once(
     assert [d["state"] for d in done["destinations"]] == ["sent"]
 
 
+def test_a_failed_job_closes_its_destinations_and_the_worker_warns_with_the_reason(
+    node: Node, tmp_path: Path
+) -> None:
+    paths, ids = write_phantom(tmp_path / "gap", 20, seed=47)
+    node.storescu(paths[:9] + paths[10:])  # a slice missing in the middle: refused
+    job = node.wait_for_run(ids.series_uid, timeout_s=RUN_TIMEOUT_S)
+    assert job["state"] == "failed" and job["error"], job
+    assert [d["state"] for d in job["destinations"]] == ["failed"], "no destination pending"
+    log = node.settings.logs_dir / "worker.log"
+    line = wait_for(
+        lambda: next(
+            (
+                text
+                for text in log.read_text(errors="replace").splitlines()
+                if f"job {job['id']} failed" in text
+            ),
+            None,
+        ),
+        30,
+        0.2,
+        "the worker's warning",
+    )
+    assert " WARNING " in line and job["error"] in line, line
+    text = log.read_text(errors="replace")
+    assert ids.patient_name not in text and ids.patient_id not in text
+
+
 def test_ainode_jobs_ends_quietly_on_a_closed_pipe(node: Node) -> None:
     # As `ainode jobs | head -1` once head has exited: the reading end is closed before the
     # command writes anything, so its first write meets a closed pipe whatever the timing.

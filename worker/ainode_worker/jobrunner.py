@@ -192,6 +192,11 @@ class Lease:
         if self.lost is not None:
             raise AttemptStopped(f"{self.lost}; stopped before {step}")
 
+    def checked_sleep(self, seconds: float) -> None:
+        """Wait between two rounds of sending, then check the attempt still counts."""
+        time.sleep(seconds)
+        self.check("the next round of sending")
+
     def __enter__(self) -> Lease:
         # Its own reporter: a requests session is not shared between threads.
         beat = JobReporter(self.ctx.settings)
@@ -355,7 +360,12 @@ def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease) -> JobUpdate
     lease.check("store")
     with _step(steps, "store_s"):
         _test_gate(ctx.settings, request, "store")
-        outcome = send_to_destinations(files, pending_statuses(request.destinations), ctx.settings)
+        outcome = send_to_destinations(
+            files,
+            pending_statuses(request.destinations),
+            ctx.settings,
+            sleep=lease.checked_sleep,  # no new round to a down PACS after a cancel
+        )
     failed = outcome.failed
     return JobUpdate(
         job_id=request.job_id,
