@@ -757,7 +757,10 @@ class JobStore:
                 f"UPDATE jobs SET {assignments} WHERE id = :id",  # noqa: S608 (fixed names)
                 {**changes, "id": job.id},
             )
-            return self._changed(db, job, self._get_locked(db, job.id)), True
+            after = self._changed(db, job, self._get_locked(db, job.id))
+        if after.state == JobState.FAILED:
+            log.warning("job %s failed on %s: %s", after.id, after.worker, after.error)
+        return after, True
 
     def retry(self, job_id: str) -> Job:
         """Queue a failed or cancelled job again (its attempt count is kept)."""
