@@ -6,6 +6,7 @@ Routes stay thin: they parse, call the job store / rules / routing service, and 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,13 +154,14 @@ class JobRoutes:
     def cancel(self, request: Request) -> Response:
         with _store_errors():
             job = self.store.cancel(request.groups[0])
-        try:
-            # Stops the attempt mid-step: a waiting task is dropped, a running one's pool
-            # process is terminated. Without it the worker stops at its next step boundary.
-            self.celery.control.revoke(job.attempt_id or job.id, terminate=True, signal="SIGTERM")
-        except (OperationalError, OSError) as error:
-            # The cancel stands: a worker that receives the task later finds it cancelled.
-            log.warning("job %s cancelled; the broker did not take the revoke: %s", job.id, error)
+        # Publishing waits for a broker that is down, and this is Orthanc's request thread:
+        # the revoke goes on a thread of its own, and the cancel answers at once.
+        threading.Thread(
+            target=_revoke,
+            args=(self.celery, job.id, job.attempt_id or job.id),
+            name=f"revoke-{job.id[:8]}",
+            daemon=True,
+        ).start()
         return Response.json(job_json(job))
 
     def _job(self, job_id: str) -> Job:
@@ -288,6 +290,16 @@ def rule_summary(rule: Rule) -> dict[str, Any]:
         ],
         "queue": rule.queue,
     }
+
+
+def _revoke(celery: Celery, job_id: str, task_id: str) -> None:
+    """Stop a cancelled attempt mid-step: a waiting task is dropped, a running one's pool
+    process terminated. Without it (broker down) the attempt's heartbeat learns of the cancel
+    (:class:`ainode_worker.jobrunner.Lease`)."""
+    try:
+        celery.control.revoke(task_id, terminate=True, signal="SIGTERM")
+    except (OperationalError, OSError) as error:
+        log.warning("job %s cancelled; the broker did not take the revoke: %s", job_id, error)
 
 
 @contextmanager

@@ -97,11 +97,12 @@ def held(gate: Path, job_id: str, seen: set[str], step: str = "inference") -> di
 
 
 def ended(pid: int) -> bool:
+    """The process has exited (a zombie its parent has not reaped yet counts as ended)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return True
-    return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def push(node: Node, tmp_path: Path, seed: int) -> tuple[SeriesIds, dict[str, Any]]:
@@ -197,6 +198,44 @@ def test_a_job_cancelled_while_queued_is_not_run_and_its_retry_is(
     done = node.wait_for_run(ids.series_uid, timeout_s=RUN_TIMEOUT_S)
     assert done["state"] == "done", done["error"]
     assert results(node, ids) == (1, 1)
+
+
+def test_a_cancel_the_broker_cannot_carry_still_ends_the_attempt(tmp_path: Path) -> None:
+    """Redis is down when the job is cancelled: no revoke reaches the worker, and the
+    attempt's heartbeat, which goes to Orthanc, learns of the cancel and ends its process."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold-inference").touch()
+    node = start_node(
+        tmp_path / "node",
+        routing_rules=write_rules(tmp_path / "rules.yaml", ONNX_RULES),
+        dispatch_sweep_s=1.0,
+        job_test_gate_dir=gate,
+    )
+    try:
+        ids, job = push(node, tmp_path, seed=48)
+        attempt = wait_for(lambda: held(gate, job["id"], set()), RUN_TIMEOUT_S, 0.1, "inference")
+        redis_part = node.service("redis")
+        os.kill(node.pid("redis"), signal.SIGKILL)
+        redis_part.process.wait(10)  # type: ignore[union-attr]
+        cancelled_at = time.monotonic()
+        response = node.post(f"/ai/jobs/{job['id']}/cancel")
+        assert response.status_code == 200, response.text
+        wait_for(partial(ended, attempt["pid"]), 120, 0.1, "the cancelled attempt to stop")
+        print(
+            f"cancel without a broker to the attempt ended: {time.monotonic() - cancelled_at:.1f} s"
+        )
+        (gate / "hold-inference").unlink()
+        redis_part.start()
+        redis_part.wait_ready()
+        assert node.json(f"/ai/jobs/{job['id']}")["state"] == "cancelled"
+        assert node.post(f"/ai/jobs/{job['id']}/retry").status_code == 200
+        done = node.wait_for_run(ids.series_uid, timeout_s=RUN_TIMEOUT_S)
+        assert done["state"] == "done", done["error"]
+        assert done["attempts"] == 2
+        assert results(node, ids) == (1, 1), "exactly one set of results"
+    finally:
+        node.stop()
 
 
 def restarted(node: Node, part: str, killed: int) -> bool:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -78,15 +79,19 @@ class WorkerContext:
     orthanc: OrthancClient
     cache: BackendCache
     hostname: str = "worker"
+    pool_process: bool = False  # a Celery pool process: ending it ends only the job
 
     @classmethod
-    def from_settings(cls, settings: Settings, hostname: str = "worker") -> WorkerContext:
+    def from_settings(
+        cls, settings: Settings, hostname: str = "worker", *, pool_process: bool = False
+    ) -> WorkerContext:
         return cls(
             settings=settings,
             registry=load_registry(settings.models_registry),
             orthanc=OrthancClient(settings.orthanc_base_url, orthanc_auth(settings)),
             cache=cache_from_settings(settings),
             hostname=hostname,
+            pool_process=pool_process,
         )
 
 
@@ -154,7 +159,14 @@ def _receipt(update: JobUpdate, response: requests.Response) -> ReportReceipt | 
 class Lease:
     """The worker's hold on one attempt: a heartbeat every ``job_heartbeat_s`` on a thread of
     its own (the node re-sends a running job whose heartbeats stop), and the node's word on
-    whether the attempt is still current, checked again at each step boundary."""
+    whether the attempt is still current, checked again at each step boundary.
+
+    The cancel route terminates a cancelled attempt's pool process through the broker; when
+    that message is lost (broker down), the heartbeat that learns of the cancel ends the pool
+    process itself, within one heartbeat, unless the attempt is storing its results (a store
+    cut short would leave part of them unlisted): then it stops at the next boundary. Celery
+    gives the message back (rejection on worker loss) and its next delivery is discarded.
+    """
 
     def __init__(self, request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> None:
         self.request = request
@@ -162,6 +174,8 @@ class Lease:
         self.reporter = reporter
         self.lost: str | None = None  # why the attempt is no longer current
         self.state: JobState | None = None  # the job's state, as the node last answered
+        self.step = "start"  # the step under way: the last boundary passed
+        self._step_lock = threading.Lock()  # the step never changes while it is judged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -187,15 +201,17 @@ class Lease:
 
     def check(self, step: str) -> None:
         """At a step boundary: raise :class:`AttemptStopped` if the attempt no longer counts."""
-        if self.lost is None:
-            self.renew()
-        if self.lost is not None:
-            raise AttemptStopped(f"{self.lost}; stopped before {step}")
+        with self._step_lock:
+            if self.lost is None:
+                self.renew()
+            if self.lost is not None:
+                raise AttemptStopped(f"{self.lost}; stopped before {step}")
+            self.step = step
 
     def checked_sleep(self, seconds: float) -> None:
         """Wait between two rounds of sending, then check the attempt still counts."""
         time.sleep(seconds)
-        self.check("the next round of sending")
+        self.check("store")
 
     def __enter__(self) -> Lease:
         # Its own reporter: a requests session is not shared between threads.
@@ -203,12 +219,30 @@ class Lease:
         interval = self.ctx.settings.job_heartbeat_s
 
         def heartbeat() -> None:
-            while not self._stop.wait(interval) and self.lost is None:
-                self.renew(beat)
+            while not self._stop.wait(interval):
+                if self.lost is None:
+                    self.renew(beat)
+                if self.lost is not None:
+                    self._end_pool_process()
+                    return
 
         self._thread = threading.Thread(target=heartbeat, name="job-heartbeat", daemon=True)
         self._thread.start()
         return self
+
+    def _end_pool_process(self) -> None:
+        with self._step_lock:
+            if self._stop.is_set() or not self.ctx.pool_process or self.step == "store":
+                return
+            log.warning(
+                "job %s attempt %s: %s; ending its pool process during %s",
+                self.request.job_id,
+                self.request.attempt,
+                self.lost,
+                self.step,
+            )
+            # As a revoke with terminate does: the pool process unwinds (SystemExit) and ends.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
