@@ -8,6 +8,22 @@ or whose worker stopped reporting, is sent again after an exponentially growing 
 :attr:`RetryPolicy.max_attempts`; then it fails with the reason. Results carry deterministic
 UIDs, so a job that runs twice stores its results once.
 
+Every sending is an attempt with its own id, which is also its Celery task id
+(:meth:`JobStore.new_attempt`): a retry after a cancel is a new task that no revoke of the old
+one touches, and a worker that receives a superseded attempt's message (redelivered after its
+worker died, or sent before a re-send) is told so by its first report and discards it.
+
+A worker that dies takes no news with it, so running jobs are held by a lease: the worker
+reports every ``job_heartbeat_s`` (5 s), and a running job without news for
+``job_running_deadline_s`` (30 s) is sent again at once as a new attempt. Celery's late
+acknowledgement with rejection on worker loss covers a killed pool process (the message comes
+back at once, and is discarded as superseded or runs as the current attempt), but not a killed
+worker: its unacknowledged message comes back only after Redis's visibility timeout (an hour).
+Measured on the fault tests (tests/integration/test_faults_worker.py, sweep every second):
+SIGKILL of the worker mid-inference to the job sent again as a new attempt took 30.9-31.1 s
+(the deadline plus at most one sweep); its pool process ends within a second of the worker
+(``ainode_worker.tasks``), so the superseded attempt stores nothing.
+
 The store's times are wall-clock (they must mean something after a restart), so a jump of the
 wall clock (an NTP step, a VM resumed, an operator) would make every in-flight job look stuck
 (forward) or put due work hours away (backward). Each pass measures the jump as wall-clock
@@ -58,7 +74,7 @@ class RetryPolicy:
 
     max_attempts: int = 3
     queued_deadline: timedelta = timedelta(minutes=30)  # sent, but no worker started it
-    running_deadline: timedelta = timedelta(hours=1)  # running, but no report from the worker
+    running_deadline: timedelta = timedelta(seconds=30)  # running, no heartbeat from its worker
     backoff_base: timedelta = timedelta(seconds=30)
     backoff_max: timedelta = timedelta(minutes=30)
     broker_retry: timedelta = timedelta(seconds=10)  # broker unreachable: try again after this
@@ -158,11 +174,15 @@ class Dispatcher:
                     if self.store.fail(job.id, reason)[1]:
                         failed.append(job.id)
                 else:
-                    pause = self.policy.backoff(job.attempts)
-                    reason = (
-                        f"attempt {job.attempts} stuck ({what}); sending again after "
-                        f"{_duration(pause)}"
+                    # A running job's lease expired: its worker is gone, a live one can take it
+                    # now. A job no worker took waits longer each time (the queue is busy).
+                    pause = (
+                        timedelta(0)
+                        if job.state == JobState.RUNNING
+                        else self.policy.backoff(job.attempts)
                     )
+                    when = f"after {_duration(pause)}" if pause else "now"
+                    reason = f"attempt {job.attempts} stuck ({what}); sending again {when}"
                     if self.store.reschedule(job.id, now + pause, reason)[1]:
                         log.warning("job %s: %s", job.id, reason)
                         rescheduled.append(job.id)
@@ -204,8 +224,11 @@ class Dispatcher:
                 self.store.fail(job.id, "the job has no request to send")
                 failed.append(job.id)
                 continue
+            request = self.store.new_attempt(job.id)
+            if request is None:  # cancelled meanwhile
+                continue
             try:
-                self._send(job.request, job.queue or queue_name())
+                self._send(request, job.queue or queue_name())
             except BrokerUnavailable as error:
                 self.store.defer_dispatch(
                     job.id, now + self.policy.broker_retry, f"broker unavailable: {error}"
@@ -220,7 +243,7 @@ class Dispatcher:
                 continue
             self.store.mark_sent(job.id)
             sent.append(job.id)
-            log.info("job %s sent to queue %s", job.id, job.queue)
+            log.info("job %s sent to queue %s as attempt %s", job.id, job.queue, request.attempt)
         return SweepReport(sent=tuple(sent), deferred=tuple(deferred), failed=tuple(failed), at=now)
 
     # --- the periodic sweeper ---------------------------------------------------------------
@@ -248,7 +271,8 @@ class Dispatcher:
 def celery_sender(app: Celery, task_name: str = RUN_JOB_TASK) -> SendJob:
     """A ``send`` that publishes the job as ``task_name`` with the request as its only argument.
 
-    The Celery task id is the job id, so the broker's and worker's logs name the same job.
+    The Celery task id is the attempt's id (the job id for a request without one): each
+    attempt is its own task, so revoking one never touches the next.
     """
 
     def send(request: JobRequest, queue: str) -> None:
@@ -257,7 +281,7 @@ def celery_sender(app: Celery, task_name: str = RUN_JOB_TASK) -> SendJob:
                 task_name,
                 args=[request.model_dump(mode="json")],
                 queue=queue,
-                task_id=request.job_id,
+                task_id=request.attempt or request.job_id,
                 retry=True,
                 retry_policy=_PUBLISH_RETRY,
             )

@@ -6,6 +6,7 @@ Routes stay thin: they parse, call the job store / rules / routing service, and 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ainode_plugin.jobstore import (
     JobNotFound,
     JobStore,
     NotificationState,
+    is_current_attempt,
 )
 from ainode_plugin.routing_service import RoutingService
 
@@ -139,7 +141,9 @@ class JobRoutes:
             raise HttpError(400, "the update's job_id differs from the URL's")
         with _store_errors():
             job, applied = self.store.apply_update(update)
-        return Response.json({"applied": applied, "state": job.state.value})
+        # ``current``: the reporting worker holds the job's live attempt and should go on.
+        current = is_current_attempt(job, update.attempt) and not job.state.is_final
+        return Response.json({"applied": applied, "state": job.state.value, "current": current})
 
     def retry(self, request: Request) -> Response:
         with _store_errors():
@@ -150,11 +154,14 @@ class JobRoutes:
     def cancel(self, request: Request) -> Response:
         with _store_errors():
             job = self.store.cancel(request.groups[0])
-        try:
-            self.celery.control.revoke(job.id)  # spares the worker even fetching the series
-        except (OperationalError, OSError) as error:
-            # The cancel stands: a worker that receives the task later finds it cancelled.
-            log.warning("job %s cancelled; the broker did not take the revoke: %s", job.id, error)
+        # Publishing waits for a broker that is down, and this is Orthanc's request thread:
+        # the revoke goes on a thread of its own, and the cancel answers at once.
+        threading.Thread(
+            target=_revoke,
+            args=(self.celery, job.id, job.attempt_id or job.id),
+            name=f"revoke-{job.id[:8]}",
+            daemon=True,
+        ).start()
         return Response.json(job_json(job))
 
     def _job(self, job_id: str) -> Job:
@@ -283,6 +290,16 @@ def rule_summary(rule: Rule) -> dict[str, Any]:
         ],
         "queue": rule.queue,
     }
+
+
+def _revoke(celery: Celery, job_id: str, task_id: str) -> None:
+    """Stop a cancelled attempt mid-step: a waiting task is dropped, a running one's pool
+    process terminated. Without it (broker down) the attempt's heartbeat learns of the cancel
+    (:class:`ainode_worker.jobrunner.Lease`)."""
+    try:
+        celery.control.revoke(task_id, terminate=True, signal="SIGTERM")
+    except (OperationalError, OSError) as error:
+        log.warning("job %s cancelled; the broker did not take the revoke: %s", job_id, error)
 
 
 @contextmanager

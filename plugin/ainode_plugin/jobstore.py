@@ -138,6 +138,17 @@ class Job(BaseModel):
     detail: dict[str, Any]
     request: JobRequest | None
     notify: list[NotifyTarget] = Field(default_factory=list)
+    attempt_id: str | None = Field(
+        default=None, description="the current attempt; reports of any other one are ignored"
+    )
+
+
+def is_current_attempt(job: Job, attempt: str | None) -> bool:
+    """Whether a worker holding ``attempt`` of ``job`` holds the job's current attempt.
+
+    Reports without an attempt (a message queued by an older node) count as current.
+    """
+    return attempt is None or job.attempt_id is None or attempt == job.attempt_id
 
 
 class Notification(BaseModel):
@@ -244,6 +255,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX notifications_due ON notifications(state, next_attempt_at)",
             "CREATE INDEX notifications_job ON notifications(job_id, webhook, seq)",
         ),
+    ),
+    Migration(
+        3,
+        "each sending of a job is an attempt with its own id (its Celery task id)",
+        ("ALTER TABLE jobs ADD COLUMN attempt_id TEXT",),
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -519,6 +535,21 @@ class JobStore:
             ).fetchall()
         return [_job(row) for row in rows]
 
+    def new_attempt(self, job_id: str) -> JobRequest | None:
+        """Give the job's next sending its own attempt id, before it is sent: the request to
+        send (carrying the id, which is also the Celery task id), or None when the job is no
+        longer waiting to be sent. Every earlier attempt is superseded from now on."""
+        attempt = uuid.uuid4().hex
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET attempt_id = ? WHERE id = ? AND state = ? AND dispatch_state = ?",
+                (attempt, job_id, JobState.QUEUED, DispatchState.PENDING),
+            )
+            job = self._get_locked(db, job_id)
+        if cursor.rowcount != 1 or job.request is None:
+            return None
+        return job.request.model_copy(update={"attempt": attempt})
+
     def stuck_jobs(
         self,
         now: datetime | None = None,
@@ -603,13 +634,15 @@ class JobStore:
             before = self._get_locked(db, job_id)
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, dispatch_state = ?, dispatch_after = ?, "
-                "dispatch_error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
+                "dispatch_error = ?, updated_at = ?, attempt_id = ? "
+                "WHERE id = ? AND state IN (?, ?)",
                 (
                     JobState.QUEUED,
                     DispatchState.PENDING,
                     _ts(until),
                     reason,
                     now,
+                    uuid.uuid4().hex,  # the stuck attempt is superseded: its reports are ignored
                     job_id,
                     *_IN_FLIGHT,
                 ),
@@ -621,10 +654,20 @@ class JobStore:
         now = _ts(self.clock())
         with self._write() as db:
             before = self._get_locked(db, job_id)
+            closed = _closed_statuses(before.destinations, "failed", "not sent: the job failed")
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, error = ?, dispatch_state = ?, finished_at = ?, "
-                "updated_at = ? WHERE id = ? AND state IN (?, ?)",
-                (JobState.FAILED, reason, DispatchState.NONE, now, now, job_id, *_IN_FLIGHT),
+                "updated_at = ?, destinations = ? WHERE id = ? AND state IN (?, ?)",
+                (
+                    JobState.FAILED,
+                    reason,
+                    DispatchState.NONE,
+                    now,
+                    now,
+                    _statuses_json(closed),
+                    job_id,
+                    *_IN_FLIGHT,
+                ),
             )
             job = self._changed(db, before, self._get_locked(db, job_id))
         if cursor.rowcount == 1:
@@ -637,7 +680,9 @@ class JobStore:
         """Apply a worker's report; returns the job and whether the report changed it.
 
         Reports for finished or cancelled jobs are ignored (a redelivered task may report
-        late); reports that no worker should ever send raise :class:`InvalidTransition`.
+        late), except that what a cancelled attempt stored before it stopped is listed on the
+        job; reports of a superseded attempt (see :meth:`new_attempt`) are ignored; reports
+        that no worker should ever send raise :class:`InvalidTransition`.
         """
         if update.state not in _WORKER_STATES:
             raise InvalidTransition(
@@ -648,7 +693,28 @@ class JobStore:
             job = self._get_locked(db, update.job_id)
             if job.state == JobState.IGNORED:
                 raise InvalidTransition(f"job {job.id} was ignored; no worker should report on it")
+            if not is_current_attempt(job, update.attempt):
+                log.info(
+                    "job %s: %s report of superseded attempt %s ignored",
+                    job.id,
+                    update.state.value,
+                    update.attempt,
+                )
+                return job, False
             if job.state.is_final:
+                if job.state == JobState.CANCELLED and (update.outputs or update.destinations):
+                    # Stored before the cancel reached the worker: list it, keep the state.
+                    db.execute(
+                        "UPDATE jobs SET outputs = ?, destinations = ?, updated_at = ? "
+                        "WHERE id = ?",
+                        (
+                            json.dumps(_merged_outputs(job.outputs, update.outputs)),
+                            _statuses_json(_merged_statuses(job.destinations, update.destinations)),
+                            now,
+                            job.id,
+                        ),
+                    )
+                    job = self._get_locked(db, job.id)
                 log.info(
                     "job %s is %s; late %s report ignored",
                     job.id,
@@ -678,13 +744,23 @@ class JobStore:
                     finished_at=now,
                     error=update.error or "the worker reported a failure without a reason",
                     dispatch_state=DispatchState.NONE.value,
+                    destinations=_statuses_json(
+                        _closed_statuses(
+                            _merged_statuses(job.destinations, update.destinations),
+                            "failed",
+                            "not sent: the job failed",
+                        )
+                    ),
                 )
             assignments = ", ".join(f"{name} = :{name}" for name in changes)
             db.execute(
                 f"UPDATE jobs SET {assignments} WHERE id = :id",  # noqa: S608 (fixed names)
                 {**changes, "id": job.id},
             )
-            return self._changed(db, job, self._get_locked(db, job.id)), True
+            after = self._changed(db, job, self._get_locked(db, job.id))
+        if after.state == JobState.FAILED:
+            log.warning("job %s failed on %s: %s", after.id, after.worker, after.error)
+        return after, True
 
     def retry(self, job_id: str) -> Job:
         """Queue a failed or cancelled job again (its attempt count is kept)."""
@@ -696,11 +772,23 @@ class JobStore:
                     f"only failed or cancelled jobs can be retried; job {job_id} is "
                     f"{job.state.value}"
                 )
+            reopened = [
+                s if s.state == "sent" else s.model_copy(update={"state": "pending", "error": None})
+                for s in job.destinations
+            ]
             db.execute(
                 "UPDATE jobs SET state = ?, dispatch_state = ?, dispatch_after = ?, error = NULL, "
-                "dispatch_error = NULL, started_at = NULL, finished_at = NULL, updated_at = ? "
-                "WHERE id = ?",
-                (JobState.QUEUED, DispatchState.PENDING, now, now, job_id),
+                "dispatch_error = NULL, started_at = NULL, finished_at = NULL, updated_at = ?, "
+                "destinations = ?, attempt_id = ? WHERE id = ?",
+                (
+                    JobState.QUEUED,
+                    DispatchState.PENDING,
+                    now,
+                    now,
+                    _statuses_json(reopened),
+                    uuid.uuid4().hex,  # the failed or cancelled attempt stays superseded
+                    job_id,
+                ),
             )
             return self._changed(db, job, self._get_locked(db, job_id))
 
@@ -714,10 +802,13 @@ class JobStore:
                     f"only queued or running jobs can be cancelled; job {job_id} is "
                     f"{job.state.value}"
                 )
+            closed = _closed_statuses(
+                job.destinations, "cancelled", "not sent: the job was cancelled"
+            )
             db.execute(
-                "UPDATE jobs SET state = ?, dispatch_state = ?, finished_at = ?, updated_at = ? "
-                "WHERE id = ?",
-                (JobState.CANCELLED, DispatchState.NONE, now, now, job_id),
+                "UPDATE jobs SET state = ?, dispatch_state = ?, finished_at = ?, updated_at = ?, "
+                "destinations = ? WHERE id = ?",
+                (JobState.CANCELLED, DispatchState.NONE, now, now, _statuses_json(closed), job_id),
             )
             return self._changed(db, job, self._get_locked(db, job_id))
 
@@ -917,6 +1008,18 @@ def _merged_statuses(
     return list(merged.values())
 
 
+def _closed_statuses(
+    statuses: Iterable[DestinationStatus], state: str, reason: str
+) -> list[DestinationStatus]:
+    """A job that ended without reaching some destinations closes them: none stays pending."""
+    return [
+        s.model_copy(update={"state": state, "error": s.error or reason})
+        if s.state == "pending"
+        else s
+        for s in statuses
+    ]
+
+
 def _job(row: sqlite3.Row) -> Job:
     created = _dt(row["created_at"])
     updated = _dt(row["updated_at"])
@@ -955,6 +1058,7 @@ def _job(row: sqlite3.Row) -> Job:
         detail=json.loads(row["detail"]),
         request=JobRequest.model_validate_json(row["request"]) if row["request"] else None,
         notify=[NotifyTarget.model_validate(t) for t in json.loads(row["notify"])],
+        attempt_id=row["attempt_id"],
     )
 
 

@@ -402,7 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"ainode: orthanc_ca_file {settings.orthanc_ca_file}: {error}\n")
         return 2
     func: Callable[[Settings, argparse.Namespace], int] = args.func
-    return func(settings, args)
+    try:
+        return func(settings, args)
+    except BrokenPipeError:
+        # The reader went away (`ainode jobs | head -1`): end quietly; stdout goes nowhere so
+        # the interpreter's last flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

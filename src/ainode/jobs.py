@@ -76,6 +76,11 @@ class JobRequest(BaseModel):
     extra_series: dict[str, str] = Field(
         default_factory=dict, description="channel name -> Orthanc series id, for multi-series"
     )
+    attempt: str | None = Field(
+        default=None,
+        description="this sending's id (also its Celery task id); a worker holding an attempt "
+        "the node no longer counts as current discards it",
+    )
 
 
 class JobUpdate(BaseModel):
@@ -88,3 +93,4 @@ class JobUpdate(BaseModel):
     destinations: list[DestinationStatus] = Field(default_factory=list)
     worker: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    attempt: str | None = Field(default=None, description="the JobRequest.attempt reported on")

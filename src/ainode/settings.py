@@ -175,9 +175,16 @@ class Settings(BaseSettings):
         default=1800.0, gt=0, description="A sent job no worker started is sent again after this."
     )
     job_running_deadline_s: float = Field(
-        default=3600.0,
+        default=30.0,
         gt=0,
-        description="A running job whose worker sent no news for this long is sent again.",
+        description="A running job whose worker sent no news (heartbeat) this long is sent again.",
+    )
+    job_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often a worker tells the node its job is alive."
+    )
+    job_test_gate_dir: Path | None = Field(
+        default=None,
+        description="Tests only: a job's step waits while <dir>/hold-<step> exists (never set).",
     )
     job_retry_backoff_s: float = Field(
         default=30.0, gt=0, description="Pause before re-sending a stuck job; doubles each time."

@@ -3,13 +3,21 @@
 Results are written under ``<data dir>/results/<job id>/`` with a manifest. When a job runs again
 (a retry after a PACS was down, a redelivered task) and its manifest matches the pipeline and
 model version, the model is not run again: only the destinations not yet reached are sent to.
+
+A job runs as one attempt (``JobRequest.attempt``) under a lease (:class:`Lease`): the worker
+reports every ``job_heartbeat_s`` and at each step boundary (fetch, inference, export, store),
+and stops as soon as the node answers that the attempt is no longer current (the job was
+cancelled, or a newer attempt superseded this one). Nothing is stored after that answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +55,10 @@ class JobInputError(Exception):
     """The job cannot succeed as asked (bad series, unknown model...): fail it, don't retry."""
 
 
+class AttemptStopped(Exception):
+    """The node no longer counts this attempt as current: stop without storing or reporting."""
+
+
 # Failures that running the job again cannot fix.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     JobInputError,
@@ -68,15 +80,19 @@ class WorkerContext:
     orthanc: OrthancClient
     cache: BackendCache
     hostname: str = "worker"
+    pool_process: bool = False  # a Celery pool process: ending it ends only the job
 
     @classmethod
-    def from_settings(cls, settings: Settings, hostname: str = "worker") -> WorkerContext:
+    def from_settings(
+        cls, settings: Settings, hostname: str = "worker", *, pool_process: bool = False
+    ) -> WorkerContext:
         return cls(
             settings=settings,
             registry=load_registry(settings.models_registry),
             orthanc=OrthancClient(settings.orthanc_base_url, orthanc_auth(settings)),
             cache=cache_from_settings(settings),
             hostname=hostname,
+            pool_process=pool_process,
         )
 
 
@@ -89,6 +105,7 @@ class ReportReceipt(BaseModel):
 
     applied: bool
     state: JobState
+    current: bool = True  # the attempt reported on is the job's live one: go on
 
 
 @dataclass
@@ -140,29 +157,122 @@ def _receipt(update: JobUpdate, response: requests.Response) -> ReportReceipt | 
         return None
 
 
+class Lease:
+    """The worker's hold on one attempt: a heartbeat every ``job_heartbeat_s`` on a thread of
+    its own (the node re-sends a running job whose heartbeats stop), and the node's word on
+    whether the attempt is still current, checked again at each step boundary.
+
+    The cancel route terminates a cancelled attempt's pool process through the broker; when
+    that message is lost (broker down), the heartbeat that learns of the cancel ends the pool
+    process itself, within one heartbeat, unless the attempt is storing its results (a store
+    cut short would leave part of them unlisted): then it stops at the next boundary. Celery
+    gives the message back (rejection on worker loss) and its next delivery is discarded.
+    """
+
+    def __init__(self, request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> None:
+        self.request = request
+        self.ctx = ctx
+        self.reporter = reporter
+        self.lost: str | None = None  # why the attempt is no longer current
+        self.state: JobState | None = None  # the job's state, as the node last answered
+        self.step = "start"  # the step under way: the last boundary passed
+        self._step_lock = threading.Lock()  # the step never changes while it is judged
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def renew(self, reporter: JobReporter | None = None) -> ReportReceipt | None:
+        """Report the attempt alive; learn whether it still counts."""
+        receipt = (reporter or self.reporter).report(
+            JobUpdate(
+                job_id=self.request.job_id,
+                state=JobState.RUNNING,
+                worker=self.ctx.hostname,
+                attempt=self.request.attempt,
+            )
+        )
+        if receipt is not None:
+            self.state = receipt.state
+        if receipt is not None and not receipt.current and self.lost is None:
+            self.lost = (
+                f"the job is {receipt.state.value}"
+                if receipt.state.is_final
+                else "a newer attempt superseded this one"
+            )
+        return receipt
+
+    def check(self, step: str) -> None:
+        """At a step boundary: raise :class:`AttemptStopped` if the attempt no longer counts."""
+        with self._step_lock:
+            if self.lost is None:
+                self.renew()
+            if self.lost is not None:
+                raise AttemptStopped(f"{self.lost}; stopped before {step}")
+            self.step = step
+
+    def checked_sleep(self, seconds: float) -> None:
+        """Wait between two rounds of sending, then check the attempt still counts."""
+        time.sleep(seconds)
+        self.check("store")
+
+    def __enter__(self) -> Lease:
+        # Its own reporter: a requests session is not shared between threads.
+        beat = JobReporter(self.ctx.settings)
+        interval = self.ctx.settings.job_heartbeat_s
+
+        def heartbeat() -> None:
+            while not self._stop.wait(interval):
+                if self.lost is None:
+                    self.renew(beat)
+                if self.lost is not None:
+                    self._end_pool_process()
+                    return
+
+        self._thread = threading.Thread(target=heartbeat, name="job-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _end_pool_process(self) -> None:
+        with self._step_lock:
+            if self._stop.is_set() or not self.ctx.pool_process or self.step == "store":
+                return
+            log.warning(
+                "job %s attempt %s: %s; ending its pool process during %s",
+                self.request.job_id,
+                self.request.attempt,
+                self.lost,
+                self.step,
+            )
+            # As a revoke with terminate does: the pool process unwinds (SystemExit) and ends.
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)  # no heartbeat may follow the final report
+
+
 def run_job(request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> JobUpdate:
     """Run the job and report its end; returns the final report.
 
-    A job the node already counts as ended (a task delivered again after the job was done,
-    or a job cancelled while queued) is not run: the returned update then only echoes the
-    node's state and is not reported.
+    An attempt the node no longer counts as current (a task delivered again after the job
+    ended, a job cancelled while queued, a superseded attempt) is not run, and one that stops
+    counting while it runs stops at its next step boundary: the returned update then only
+    echoes the node's state and is not reported.
     """
     if not _JOB_ID.match(request.job_id):
         raise JobInputError(f"malformed job id {request.job_id!r}")
-    receipt = reporter.report(
-        JobUpdate(job_id=request.job_id, state=JobState.RUNNING, worker=ctx.hostname)
-    )
-    if receipt is not None and not receipt.applied and receipt.state.is_final:
-        log.info("job %s is already %s; not run again", request.job_id, receipt.state.value)
-        return JobUpdate(
-            job_id=request.job_id,
-            state=receipt.state,
-            worker=ctx.hostname,
-            detail={"skipped": f"the job was already {receipt.state.value}"},
-        )
+    lease = Lease(request, ctx, reporter)
+    lease.renew()
+    if lease.lost is not None:
+        log.info("job %s attempt %s discarded: %s", request.job_id, request.attempt, lease.lost)
+        return _echo(request, ctx, lease.state or JobState.CANCELLED, f"not run: {lease.lost}")
     started = time.perf_counter()
     try:
-        update = _execute(request, ctx)
+        with lease:
+            update = _execute(request, ctx, lease)
+    except AttemptStopped as stopped:
+        log.info("job %s attempt %s: %s", request.job_id, request.attempt, stopped)
+        return _echo(request, ctx, lease.state or JobState.CANCELLED, str(stopped))
     except PERMANENT_ERRORS as error:
         update = _failed(request, ctx, f"{type(error).__name__}: {error}")
     except UpstreamError:
@@ -172,14 +282,48 @@ def run_job(request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> J
         raise
     update.detail["seconds"] = round(time.perf_counter() - started, 3)
     reporter.report(update)
-    log.info("job %s %s in %.1f s", request.job_id, update.state.value, update.detail["seconds"])
+    if update.state == JobState.FAILED:
+        log.warning(
+            "job %s failed in %.1f s: %s", request.job_id, update.detail["seconds"], update.error
+        )
+    else:
+        log.info(
+            "job %s %s in %.1f s", request.job_id, update.state.value, update.detail["seconds"]
+        )
     return update
+
+
+def _echo(request: JobRequest, ctx: WorkerContext, state: JobState, why: str) -> JobUpdate:
+    return JobUpdate(
+        job_id=request.job_id,
+        state=state,
+        worker=ctx.hostname,
+        attempt=request.attempt,
+        detail={"skipped": why},
+    )
 
 
 def _failed(request: JobRequest, ctx: WorkerContext, reason: str) -> JobUpdate:
     return JobUpdate(
-        job_id=request.job_id, state=JobState.FAILED, error=reason, worker=ctx.hostname
+        job_id=request.job_id,
+        state=JobState.FAILED,
+        error=reason,
+        worker=ctx.hostname,
+        attempt=request.attempt,
     )
+
+
+def _test_gate(settings: Settings, request: JobRequest, step: str) -> None:
+    """Tests only (``job_test_gate_dir``): announce this process is in ``step`` (inference,
+    store), then wait while ``<dir>/hold-<step>`` exists, as a model too long to wait for
+    would. The marker is named by the step and this process's id, never by the request."""
+    gate = settings.job_test_gate_dir
+    if gate is None:
+        return
+    marker = gate / f"{step}-{os.getpid()}.json"
+    marker.write_text(json.dumps({"job_id": request.job_id, "attempt": request.attempt}))
+    while (gate / f"hold-{step}").exists():
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -192,7 +336,7 @@ def _step(steps: dict[str, float], name: str) -> Iterator[None]:
         steps[name] = round(steps.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
+def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease) -> JobUpdate:
     """The job's work. Its ``detail["steps"]`` says where the time went (fetch, volume,
     inference, export, store: seconds), ``detail["timings"]`` the pipeline's own stages."""
     folder = ctx.settings.data_dir / "results" / request.job_id
@@ -201,14 +345,17 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
     detail: dict[str, Any] = {"steps": steps}
     written = _reuse(folder, request)
     if written is None:
+        lease.check("fetch")
         volumes = {"main": _load_volume(ctx, request.series_id, steps)}
         for channel, series_id in request.extra_series.items():
             volumes[channel] = _load_volume(ctx, series_id, steps)
+        lease.check("inference")
         # What the writers derive from the source slices does not depend on the result:
         # derive it while the model runs (torch leaves the interpreter free meanwhile).
         with ThreadPoolExecutor(1, thread_name_prefix="export-prep") as pool:
             sources = pool.submit(SourceSeries(volumes["main"].datasets).prepare)
             with _step(steps, "inference_s"):
+                _test_gate(ctx.settings, request, "inference")
                 result = run_pipeline(
                     ctx.registry, request.pipeline, volumes, request.params, cache=ctx.cache
                 )
@@ -221,6 +368,7 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
             rule=request.rule,
             pipeline=request.pipeline,
         )
+        lease.check("export")
         try:
             with _step(steps, "export_s"):
                 written = export_results(
@@ -237,14 +385,22 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
                 job_id=request.job_id,
                 state=JobState.DONE,
                 worker=ctx.hostname,
+                attempt=request.attempt,
                 detail={**detail, "empty": True, "note": str(error)},
             )
         _write_manifest(folder, request, result.model_version, written)
     else:
         detail["reused_results"] = True
     files = [w.path for w in written if w.is_dicom]
+    lease.check("store")
     with _step(steps, "store_s"):
-        outcome = send_to_destinations(files, pending_statuses(request.destinations), ctx.settings)
+        _test_gate(ctx.settings, request, "store")
+        outcome = send_to_destinations(
+            files,
+            pending_statuses(request.destinations),
+            ctx.settings,
+            sleep=lease.checked_sleep,  # no new round to a down PACS after a cancel
+        )
     failed = outcome.failed
     return JobUpdate(
         job_id=request.job_id,
@@ -257,6 +413,7 @@ def _execute(request: JobRequest, ctx: WorkerContext) -> JobUpdate:
         outputs=outcome.orthanc_instance_ids,
         destinations=outcome.statuses,
         worker=ctx.hostname,
+        attempt=request.attempt,
         detail={**detail, "results": {w.kind.value: w.sop_instance_uid for w in written}},
     )
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
+import time
 from functools import cache
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_process_init
 
 from ainode.broker import RUN_JOB_TASK
 from ainode.jobs import JobRequest
@@ -27,7 +31,26 @@ def context(worker_name: str) -> WorkerContext:
     ``worker_name`` is Celery's node name (``worker@<name>``), unique per worker even when
     several run on one machine; job records carry it.
     """
-    return WorkerContext.from_settings(settings, hostname=worker_name)
+    return WorkerContext.from_settings(settings, hostname=worker_name, pool_process=_in_pool[0])
+
+
+_in_pool = [False]  # set in Celery's pool processes (prefork), never in a solo worker
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _end_with_parent(**_: Any) -> None:
+    """A pool process outlives a worker killed with SIGKILL and would finish its job as a
+    superseded attempt, unseen; it ends within a second of its parent instead."""
+    _in_pool[0] = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the worker process %d is gone; its pool process %d ends", parent, os.getpid())
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @cache

@@ -32,12 +32,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.requests: list[JobRequest] = []
         self.lock = threading.Lock()
         self.event = threading.Event()
 
     def __call__(self, request: JobRequest, queue: str) -> None:
         with self.lock:
             self.sent.append((request.job_id, queue))
+            self.requests.append(request)
         self.event.set()
 
 
@@ -108,24 +110,36 @@ def test_stuck_job_is_resent_with_backoff_then_fails_with_the_reason(
 def test_a_running_job_is_stuck_only_when_its_worker_goes_quiet(
     store: JobStore, clock: Clock
 ) -> None:
-    dispatcher = Dispatcher(store, Recorder(), policy=POLICY)
+    send = Recorder()
+    dispatcher = Dispatcher(store, send, policy=POLICY)
     job_id = record(store)
     dispatcher.sweep()
-    store.apply_update(JobUpdate(job_id=job_id, state=JobState.RUNNING))
-    for _ in range(3):  # progress reports keep it alive past the queued deadline
+    first = send.requests[0].attempt
+    assert first is not None and store.get(job_id).attempt_id == first
+    store.apply_update(JobUpdate(job_id=job_id, state=JobState.RUNNING, attempt=first))
+    for _ in range(3):  # heartbeats keep it alive past the queued deadline
         clock.advance(200)
-        store.apply_update(JobUpdate(job_id=job_id, state=JobState.RUNNING))
+        store.apply_update(JobUpdate(job_id=job_id, state=JobState.RUNNING, attempt=first))
         assert dispatcher.sweep().rescheduled == ()
     clock.advance(300)
-    assert dispatcher.sweep().rescheduled == (job_id,)
+    report = dispatcher.sweep()
+    # The lease expired: a live worker can take it now, as a new attempt, with no pause.
+    assert report.rescheduled == (job_id,) and report.sent == (job_id,)
     job = store.get(job_id)
-    assert job.state == JobState.QUEUED
-    assert job.dispatch_error is not None and "no news for 5 min" in job.dispatch_error
-    # The first worker finishes after all: its report is taken, nothing is sent again.
-    store.apply_update(JobUpdate(job_id=job_id, state=JobState.DONE, outputs=["seg"]))
+    assert job.state == JobState.QUEUED and job.attempts == 2
+    second = send.requests[1].attempt
+    assert second not in (None, first) and job.attempt_id == second
+    # The first worker finishes after all: its attempt is superseded, its report ignored.
+    late, applied = store.apply_update(
+        JobUpdate(job_id=job_id, state=JobState.DONE, outputs=["seg"], attempt=first)
+    )
+    assert not applied and late.state == JobState.QUEUED and late.outputs == []
+    done, applied = store.apply_update(
+        JobUpdate(job_id=job_id, state=JobState.DONE, outputs=["seg"], attempt=second)
+    )
+    assert applied and done.state == JobState.DONE and done.outputs == ["seg"]
     clock.advance(60)
     assert dispatcher.sweep().sent == ()
-    assert store.get(job_id).state == JobState.DONE
 
 
 def test_broker_outage_uses_no_attempts_and_holds_back_the_batch(

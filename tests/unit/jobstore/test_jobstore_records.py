@@ -150,7 +150,7 @@ def test_survives_reopening(tmp_path: Path, clock: Clock) -> None:
     with JobStore(path, clock=clock) as reopened:
         assert reopened.get(job_id) == before
         assert [job.id for job in reopened.pending_dispatch()] == [pending_id]
-        assert reopened.schema_version() == SCHEMA_VERSION == 2
+        assert reopened.schema_version() == SCHEMA_VERSION == 3
         facts = series_facts(1)
         _, created = reopened.record_decision(facts, decide(facts)[0])
         assert not created  # dedup holds across restarts
@@ -169,7 +169,7 @@ def test_file_is_wal_json_and_versioned(tmp_path: Path, clock: Clock) -> None:
         assert json.loads(request_text)["job_id"] == job_id  # plain JSON, never a pickle
         assert json.loads(outputs) == []
         versions = raw.execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert versions.fetchall() == [(1,), (2,)]
+        assert versions.fetchall() == [(1,), (2,), (3,)]
         raw.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
         raw.commit()
     finally:
@@ -219,15 +219,56 @@ def test_failure_without_a_reason_still_says_something(store: JobStore) -> None:
     assert failed.error == "CUDA out of memory"
 
 
-def test_cancelled_jobs_ignore_late_updates(store: JobStore) -> None:
+def test_cancelled_jobs_keep_their_state_and_list_what_was_stored(store: JobStore) -> None:
     job_id = record_first(store)
     cancelled = store.cancel(job_id)
     assert cancelled.state == JobState.CANCELLED
     assert cancelled.dispatch_state == DispatchState.NONE
+    assert [d.state for d in cancelled.destinations] == ["cancelled"], "no destination pending"
+    # The worker had stored a result before the cancel reached it: listed, state kept.
     late, applied = store.apply_update(JobUpdate(job_id=job_id, state=JobState.DONE, outputs=["x"]))
-    assert not applied and late.state == JobState.CANCELLED and late.outputs == []
+    assert not applied and late.state == JobState.CANCELLED and late.outputs == ["x"]
+    assert store.get(job_id).state == JobState.CANCELLED
     with pytest.raises(InvalidTransition, match="cancelled"):
         store.cancel(job_id)
+
+
+def test_failed_jobs_close_their_destinations_and_retry_reopens_them(store: JobStore) -> None:
+    job_id = record_first(store)
+    failed, _ = store.apply_update(JobUpdate(job_id=job_id, state=JobState.FAILED, error="boom"))
+    assert [(d.state, d.error) for d in failed.destinations] == [
+        ("failed", "not sent: the job failed")
+    ]
+    retried = store.retry(job_id)
+    assert [(d.state, d.error) for d in retried.destinations] == [("pending", None)]
+    given_up, _ = store.fail(job_id, "gave up")
+    assert [d.state for d in given_up.destinations] == ["failed"]
+
+
+def test_each_sending_is_a_new_attempt_and_only_the_current_one_reports(store: JobStore) -> None:
+    job_id = record_first(store)
+    first = store.new_attempt(job_id)
+    assert first is not None and first.attempt and first.job_id == job_id
+    store.mark_sent(job_id)
+    running, applied = store.apply_update(
+        JobUpdate(job_id=job_id, state=JobState.RUNNING, attempt=first.attempt)
+    )
+    assert applied and running.state == JobState.RUNNING
+    store.cancel(job_id)
+    assert store.new_attempt(job_id) is None, "a cancelled job is not sent"
+    store.retry(job_id)
+    # Between the retry and its sending, the cancelled attempt cannot take the job back.
+    stale, applied = store.apply_update(
+        JobUpdate(job_id=job_id, state=JobState.RUNNING, attempt=first.attempt)
+    )
+    assert not applied and stale.state == JobState.QUEUED
+    second = store.new_attempt(job_id)
+    assert second is not None and second.attempt not in (None, first.attempt)
+    store.mark_sent(job_id)
+    done, applied = store.apply_update(
+        JobUpdate(job_id=job_id, state=JobState.DONE, attempt=second.attempt)
+    )
+    assert applied and done.state == JobState.DONE and done.attempts == 2
 
 
 def test_impossible_reports_are_refused(store: JobStore) -> None:
