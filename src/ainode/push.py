@@ -166,11 +166,16 @@ class _Sender:
         ae.maximum_pdu_size = 0  # unlimited: the peer's maximum decides
         ae.dimse_timeout = self.dimse_timeout_s  # then pynetdicom aborts the association
         ae.requested_contexts = contexts
-        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
-        if not assoc.is_established:
-            return None
-        _no_delay(assoc)
-        return assoc
+        for attempt in range(1, ATTEMPTS + 1):
+            assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
+            if assoc.is_established:
+                _no_delay(assoc)
+                return assoc
+            if assoc.is_rejected:
+                return None  # the peer said no: asking again changes nothing
+            if attempt < ATTEMPTS:  # aborted or unanswered (a busy peer): ask once more
+                log.warning("association to %s aborted or unanswered; trying again", self.host)
+        return None
 
     def _record(self, ok: bool, failure: str) -> None:
         with self.lock:
