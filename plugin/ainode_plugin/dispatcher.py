@@ -38,7 +38,6 @@ when the broker cannot take the message; :func:`celery_sender` makes one from a 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,9 +49,9 @@ from ainode.broker import RUN_JOB_TASK
 from ainode.jobs import JobRequest, JobState
 from ainode.routing import queue_name
 from ainode.settings import Settings
-from ainode_plugin.backoff import doubling_backoff
+from ainode_plugin.backoff import AttemptPolicy
 from ainode_plugin.jobstore import JobStore
-from ainode_plugin.passloop import PassLoop
+from ainode_plugin.outboxsender import OutboxSender
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class BrokerUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(AttemptPolicy):
     """When a sent job counts as stuck, how long to wait before re-sending, when to give up."""
 
     max_attempts: int = 3
@@ -79,18 +78,9 @@ class RetryPolicy:
     backoff_max: timedelta = timedelta(minutes=30)
     broker_retry: timedelta = timedelta(seconds=10)  # broker unreachable: try again after this
 
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        durations = (
-            self.queued_deadline,
-            self.running_deadline,
-            self.backoff_base,
-            self.backoff_max,
-            self.broker_retry,
-        )
-        if any(duration <= timedelta(0) for duration in durations):
-            raise ValueError("retry policy durations must be positive")
+    def durations(self) -> tuple[timedelta, ...]:
+        deadlines = (self.queued_deadline, self.running_deadline, self.broker_retry)
+        return (*super().durations(), *deadlines)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -101,10 +91,6 @@ class RetryPolicy:
             running_deadline=timedelta(seconds=settings.job_running_deadline_s),
             backoff_base=timedelta(seconds=settings.job_retry_backoff_s),
         )
-
-    def backoff(self, attempts: int) -> timedelta:
-        """Pause before re-sending a job that has been sent ``attempts`` times: 1x, 2x, 4x..."""
-        return doubling_backoff(attempts, self.backoff_base, self.backoff_max)
 
 
 @dataclass(frozen=True)
@@ -118,8 +104,10 @@ class SweepReport:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-class Dispatcher:
+class Dispatcher(OutboxSender):
     """Sends the store's pending jobs through ``send``; :meth:`start` runs it periodically."""
+
+    stop_timeout_s = 30.0
 
     def __init__(
         self,
@@ -132,13 +120,10 @@ class Dispatcher:
     ) -> None:
         """``monotonic`` (``time.monotonic`` in the node) turns on following wall-clock jumps;
         without it the store's clock alone is time (tests that move it by hand)."""
-        self.store = store
+        super().__init__("ainode-dispatch", store, batch_size=batch_size)
         self.policy = policy or RetryPolicy()
-        self.batch_size = batch_size
         self._send = send
         self._monotonic = monotonic
-        self._lock = threading.Lock()  # one pass at a time, whoever calls
-        self._loop = PassLoop("ainode-dispatch", self._sweep_pass)
         self._last_pass: tuple[datetime, float] | None = None  # (wall, monotonic) of the last
         self.last_report: SweepReport | None = None
 
@@ -246,26 +231,9 @@ class Dispatcher:
             log.info("job %s sent to queue %s as attempt %s", job.id, job.queue, request.attempt)
         return SweepReport(sent=tuple(sent), deferred=tuple(deferred), failed=tuple(failed), at=now)
 
-    # --- the periodic sweeper ---------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._loop.running
-
-    def start(self, interval_s: float = 5.0) -> None:
-        """Sweep now, then every ``interval_s`` seconds, on a thread (from ORTHANC_STARTED)."""
-        self._loop.start(interval_s)
-
-    def _sweep_pass(self) -> None:
+    def run_pass(self) -> None:
+        """The periodic pass: :meth:`sweep`."""
         self.sweep()
-
-    def wake(self) -> None:
-        """Run a pass now on the dispatcher's thread (after recording a new job)."""
-        self._loop.wake()
-
-    def stop(self, wait: bool = True) -> None:
-        """Stop sweeping (from ORTHANC_STOPPED); pending jobs stay in the store."""
-        self._loop.stop(30.0 if wait else 0.0)
 
 
 def celery_sender(app: Celery, task_name: str = RUN_JOB_TASK) -> SendJob:

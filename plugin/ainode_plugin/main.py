@@ -107,8 +107,8 @@ class NodePlugin:
             self.store, settings.webhooks, policy=DeliveryPolicy.from_settings(settings)
         )
         self.store.on_notification = self.notifier.wake
-        self.rules_loop = PassLoop("ainode-rules", self._check_rules)
-        self.changes_loop = PassLoop("ainode-changes", self._sweep_changes)
+        self.rules_loop = PassLoop("ainode-rules", self.watcher.check)
+        self.changes_loop = PassLoop("ainode-changes", self.routing.sweep_changes)
         self.router.add(r"/ai/health", "GET", self.health)
         JobRoutes(
             self.store, self.watcher, self.registry, self.routing, self.dispatcher, self.celery
@@ -176,14 +176,6 @@ class NodePlugin:
         self.rules_loop.start(RULES_CHECK_S)
         self.changes_loop.start(self.settings.change_sweep_s)
         log.info("routing started: %s", self.watcher.status().as_dict()["rule_count"])
-
-    # A pass loop reads a pass's return value as seconds until the next pass: these two return
-    # a flag and a count, which must not set the pace.
-    def _check_rules(self) -> None:
-        self.watcher.check()
-
-    def _sweep_changes(self) -> None:
-        self.routing.sweep_changes()
 
     def restart_grace_s(self) -> float:
         return min(float(self.settings.stable_age_s), RESTART_GRACE_MAX_S) + 1.0

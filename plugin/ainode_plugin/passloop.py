@@ -5,6 +5,9 @@ recorded, passes at a steady pace otherwise, a failed pass logged (never the end
 the disk may be full for a while), and a stop that wakes the thread instead of waiting out its
 pause. ``threading.Event.wait`` measures its timeout on the monotonic clock, so a wall-clock
 jump neither stalls nor races the loop.
+
+A pass returns nothing the loop reads (whatever it returns is ignored); a pass that wants the
+next one sooner than the interval says so with :meth:`PassLoop.again_in`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# One pass; it may return how soon (seconds) it wants the next one, None for "at the interval".
-Pass = Callable[[], float | None]
+# One pass; its return value, if any, is ignored.
+Pass = Callable[[], object]
 
 
 class PassLoop:
@@ -26,6 +29,7 @@ class PassLoop:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._woken = threading.Event()
+        self._again_in: float | None = None  # asked for by the pass in progress
 
     @property
     def running(self) -> bool:
@@ -51,6 +55,11 @@ class PassLoop:
         if self._thread is not None:
             self._woken.set()
 
+    def again_in(self, seconds: float) -> None:
+        """From a pass: run the next pass within ``seconds`` (never later than the interval)."""
+        asked = self._again_in
+        self._again_in = seconds if asked is None else min(asked, seconds)
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """End the loop after the pass in progress; wait up to ``timeout_s`` for it (0: not)."""
         thread, self._thread = self._thread, None
@@ -63,11 +72,13 @@ class PassLoop:
     def _loop(self, interval_s: float) -> None:
         while not self._stopping.is_set():
             self._woken.clear()
+            self._again_in = None
             try:
-                soon = self._pass()
+                self._pass()
             except Exception:  # any failure: log it, keep the loop, try again later
                 if self._stopping.is_set():
                     return  # e.g. the store was closed under the last pass at shutdown
                 log.exception("%s: a pass failed; the next one is in %s s", self.name, interval_s)
-                soon = None
+                self._again_in = None
+            soon = self._again_in
             self._woken.wait(interval_s if soon is None else min(soon, interval_s))

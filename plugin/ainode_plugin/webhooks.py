@@ -1,14 +1,15 @@
-"""Webhook notifications of job state changes: payload, signature, delivery with backoff.
+"""Webhook notifications of job state changes: signature, delivery with backoff.
 
 A rule's ``notify:`` names webhooks of the settings (``webhooks: {ris: {url, secret}}``). The job
-store writes one notification row per interested webhook in the transaction that changes a
-job's state (:meth:`JobStore._changed`), so nothing here runs in Orthanc's callbacks and a
-receiver that is slow or down never holds a job. :class:`NotificationSender` delivers those rows
-on its own thread: a POST of the JSON payload, signed with the webhook's secret, retried with
-exponentially growing pauses up to a maximum number of attempts, then marked failed with the
-reason (``GET /ai/jobs/{id}`` and ``GET /ai/notifications`` show it). Delivery is at least
-once (a crash after the receiver answered but before the row was updated sends it again), so
-every call carries a delivery id the receiver can deduplicate on.
+store writes one notification row per interested webhook, with its payload, in the transaction
+that changes a job's state (:mod:`ainode_plugin.jobstore.outbox`), so nothing here runs in
+Orthanc's callbacks and a receiver that is slow or down never holds a job.
+:class:`NotificationSender` delivers those rows on its own thread: a POST of the JSON payload,
+signed with the webhook's secret, retried with exponentially growing pauses up to a maximum
+number of attempts, then marked failed with the reason (``GET /ai/jobs/{id}`` and
+``GET /ai/notifications`` show it). Delivery is at least once (a crash after the receiver
+answered but before the row was updated sends it again), so every call carries a delivery id
+the receiver can deduplicate on.
 
 Signature: ``X-AINode-Signature: sha256=<hex>`` is the HMAC-SHA256, keyed with the secret, of
 ``<X-AINode-Timestamp>.<body>``; signing the timestamp too lets a receiver refuse replays of
@@ -22,7 +23,6 @@ import hashlib
 import hmac
 import http.client
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,17 +30,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, Field
-
-from ainode.jobs import JobState
 from ainode.settings import Settings, Webhook
-from ainode_plugin.backoff import doubling_backoff
-from ainode_plugin.passloop import PassLoop
-
-if TYPE_CHECKING:
-    from ainode_plugin.jobstore import Job, JobStore, Notification
+from ainode_plugin.backoff import AttemptPolicy
+from ainode_plugin.jobstore import JobStore, Notification
+from ainode_plugin.jobstore import NotificationPayload as NotificationPayload  # its old home
+from ainode_plugin.outboxsender import OutboxSender
 
 log = logging.getLogger(__name__)
 
@@ -51,61 +47,6 @@ EVENT_HEADER = "X-AINode-Event"
 USER_AGENT = "ainode-webhooks/1"
 _MAX_ERROR = 300
 _MAX_ROUNDS = 20  # passes over the due list in one call (each lets a job's next event follow)
-
-
-class OutputRef(BaseModel):
-    """One result the job produced, by DICOM identity."""
-
-    kind: str = Field(description="SEG, RTSTRUCT, SR, ...")
-    sop_instance_uid: str
-
-
-class NotificationPayload(BaseModel):
-    """The JSON body of a webhook call (the contract with receivers: add fields, never rename)."""
-
-    delivery_id: str = Field(description="unique per notification; the same on every retry")
-    event: str = Field(description='"job.<state>", e.g. "job.done"')
-    occurred_at: datetime
-    job_id: str
-    state: JobState
-    previous_state: JobState | None
-    rule: str | None
-    pipeline: str | None
-    series_uid: str
-    study_uid: str
-    series_id: str = Field(description="Orthanc id of the series")
-    study_id: str = Field(description="Orthanc id of the study")
-    attempts: int = Field(description="times the job was handed to a worker so far")
-    outputs: list[OutputRef] = Field(description="results written, by SOP Instance UID")
-    output_instances: list[str] = Field(description="Orthanc ids of results stored in this node")
-    error: str | None = Field(description="why the job failed (failed only)")
-
-    @classmethod
-    def for_job(cls, job: Job, previous: JobState | None, delivery_id: str) -> NotificationPayload:
-        results = job.detail.get("results")
-        outputs = (
-            [OutputRef(kind=str(k), sop_instance_uid=str(v)) for k, v in results.items() if v]
-            if isinstance(results, dict)
-            else []
-        )
-        return cls(
-            delivery_id=delivery_id,
-            event=f"job.{job.state.value}",
-            occurred_at=job.updated_at,
-            job_id=job.id,
-            state=job.state,
-            previous_state=previous,
-            rule=job.rule,
-            pipeline=job.pipeline,
-            series_uid=job.series_uid,
-            study_uid=job.study_uid,
-            series_id=job.series_id,
-            study_id=job.study_id,
-            attempts=job.attempts,
-            outputs=outputs,
-            output_instances=list(job.outputs),
-            error=job.error if job.state == JobState.FAILED else None,
-        )
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -188,18 +129,12 @@ def post_json(webhook: Webhook, body: bytes, headers: Mapping[str, str]) -> Deli
 
 
 @dataclass(frozen=True)
-class DeliveryPolicy:
+class DeliveryPolicy(AttemptPolicy):
     """How often and how long a notification is retried before it is failed."""
 
     max_attempts: int = 8
     backoff_base: timedelta = timedelta(seconds=5)
     backoff_max: timedelta = timedelta(minutes=10)
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.backoff_base <= timedelta(0) or self.backoff_max <= timedelta(0):
-            raise ValueError("backoff durations must be positive")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -208,10 +143,6 @@ class DeliveryPolicy:
             backoff_base=timedelta(seconds=settings.webhook_retry_backoff_s),
             backoff_max=timedelta(seconds=settings.webhook_retry_backoff_max_s),
         )
-
-    def backoff(self, attempts: int) -> timedelta:
-        """Pause after the ``attempts``-th failed try: base, 2x base, 4x base... up to the max."""
-        return doubling_backoff(attempts, self.backoff_base, self.backoff_max)
 
 
 class NotifyOutcome(StrEnum):
@@ -230,7 +161,7 @@ class DeliveryReport:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-class NotificationSender:
+class NotificationSender(OutboxSender):
     """Delivers the store's due notifications; :meth:`start` runs it on a background thread."""
 
     def __init__(
@@ -242,13 +173,10 @@ class NotificationSender:
         post: Post = post_json,
         batch_size: int = 50,
     ) -> None:
-        self.store = store
+        super().__init__("ainode-webhooks", store, batch_size=batch_size)
         self.webhooks = dict(webhooks)
         self.policy = policy or DeliveryPolicy()
-        self.batch_size = batch_size
         self._post = post
-        self._lock = threading.Lock()  # one pass at a time
-        self._loop = PassLoop("ainode-webhooks", self._deliver_pass)
 
     def deliver_due(self) -> DeliveryReport:
         """Try each due notification once; a delivery lets the job's next one follow at once.
@@ -266,7 +194,7 @@ class NotificationSender:
             for _ in range(_MAX_ROUNDS):
                 progressed = False
                 for notification in self.store.due_notifications(now, limit=self.batch_size):
-                    if notification.webhook in down or self._loop.stopping:
+                    if notification.webhook in down or self.stopping:
                         continue
                     if notification.webhook not in self.webhooks:
                         reason = (
@@ -331,28 +259,9 @@ class NotificationSender:
         )
         return NotifyOutcome.RETRYING
 
-    # --- the background thread ---------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._loop.running
-
-    def start(self, interval_s: float = 2.0) -> None:
-        """Deliver on a thread: when woken, when a retry falls due, and every ``interval_s``."""
-        self._loop.start(interval_s)
-
-    def wake(self) -> None:
-        """Deliver soon (the store calls this after writing a notification); never blocks."""
-        self._loop.wake()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop delivering; pending notifications stay in the store for the next start."""
-        self._loop.stop(timeout_s)
-
-    def _deliver_pass(self) -> float | None:
-        """Deliver what is due; seconds until the next retry falls due (None: nothing waits)."""
+    def run_pass(self) -> None:
+        """Deliver what is due; the next pass comes when the next retry falls due, if sooner."""
         self.deliver_due()
         due = self.store.next_notification_at()
-        if due is None:
-            return None
-        return max((due - self.store.clock()).total_seconds(), 0.05)
+        if due is not None:
+            self.again_in(max((due - self.store.clock()).total_seconds(), 0.05))
