@@ -109,9 +109,9 @@ class ReportReceipt(BaseModel):
 
 
 # A report that got no answer, or a 5xx, is sent again (the plugin applies a report once):
-# three more tries over about three seconds, then the job goes on without it.
+# three tries in all, the last a second after the second, then the job goes on without it.
 _REPORT_RETRY = Retry(
-    total=3,
+    total=2,
     status_forcelist=range(500, 600),
     allowed_methods=None,
     backoff_factor=0.5,
