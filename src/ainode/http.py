@@ -22,15 +22,22 @@ _DROPPED_CONNECTION = Retry(
 
 
 def orthanc_session(
-    auth: tuple[str, str] | None = None, *, pool_connections: int = 10, pool_maxsize: int = 10
+    auth: tuple[str, str] | None = None,
+    *,
+    pool_connections: int = 10,
+    pool_maxsize: int = 10,
+    retry: Retry = _DROPPED_CONNECTION,
 ) -> requests.Session:
-    """A session whose requests survive Orthanc closing an idle keep-alive connection."""
+    """A session whose requests survive Orthanc closing an idle keep-alive connection.
+
+    ``retry`` may ask for more (it must still retry a dropped connection at least once).
+    """
     session = requests.Session()
     session.auth = auth
     adapter = HTTPAdapter(
         pool_connections=pool_connections,
         pool_maxsize=pool_maxsize,
-        max_retries=_DROPPED_CONNECTION,
+        max_retries=retry,
     )
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -28,6 +28,7 @@ from typing import Any
 
 import requests
 from pydantic import BaseModel, ValidationError
+from urllib3.util.retry import Retry
 
 from ainode.credentials import orthanc_auth
 from ainode.http import orthanc_session
@@ -38,8 +39,7 @@ from ainode.settings import Settings
 from ainode_worker.destinations import pending_statuses, send_to_destinations
 from ainode_worker.inference.errors import InferenceError
 from ainode_worker.inference.pipeline import BackendCache, cache_from_settings, run_pipeline
-from ainode_worker.interactive.errors import InteractiveError, UpstreamError
-from ainode_worker.interactive.orthanc import OrthancClient
+from ainode_worker.orthanc import OrthancClient, OrthancError, OrthancUnavailable
 from ainode_worker.results import EmptyResultError, Provenance, ResultInputError, SourceSeries
 from ainode_worker.results.export import WrittenResult, export_results
 from ainode_worker.volume import Volume, VolumeError, volume_from_datasets
@@ -89,7 +89,7 @@ class WorkerContext:
         return cls(
             settings=settings,
             registry=load_registry(settings.models_registry),
-            orthanc=OrthancClient(settings.orthanc_base_url, orthanc_auth(settings)),
+            orthanc=OrthancClient.from_settings(settings),
             cache=cache_from_settings(settings),
             hostname=hostname,
             pool_process=pool_process,
@@ -108,39 +108,53 @@ class ReportReceipt(BaseModel):
     current: bool = True  # the attempt reported on is the job's live one: go on
 
 
+# A report that got no answer, or a 5xx, is sent again (the plugin applies a report once):
+# three tries in all, the last a second after the second, then the job goes on without it.
+_REPORT_RETRY = Retry(
+    total=2,
+    status_forcelist=range(500, 600),
+    allowed_methods=None,
+    backoff_factor=0.5,
+    raise_on_status=False,
+)
+
+
+def _report_session() -> requests.Session:
+    return orthanc_session(retry=_REPORT_RETRY)
+
+
 @dataclass
 class JobReporter:
     """Sends the job's progress to the plugin, which owns the job record."""
 
     settings: Settings
-    session: requests.Session = field(default_factory=orthanc_session)
+    session: requests.Session = field(default_factory=_report_session)
 
     def report(self, update: JobUpdate) -> ReportReceipt | None:
         """Deliver ``update``; the plugin's receipt, or None when the node refused it or could
         not be reached (the job then goes on: the sweeper settles its record)."""
         url = f"{self.settings.orthanc_base_url}/ai/jobs/{update.job_id}/updates"
-        for attempt in range(3):
-            try:
-                response = self.session.post(
-                    url,
-                    data=update.model_dump_json(),
-                    auth=orthanc_auth(self.settings),
-                    headers={"Content-Type": "application/json"},
-                    timeout=10,
+        try:
+            response = self.session.post(
+                url,
+                data=update.model_dump_json(),
+                auth=orthanc_auth(self.settings),
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+        except requests.RequestException as error:
+            log.warning("job %s: report failed (%s)", update.job_id, type(error).__name__)
+        else:
+            if response.status_code < 400:
+                return _receipt(update, response)
+            if response.status_code < 500:
+                log.warning(
+                    "job %s: the node refused a report: HTTP %d %s",
+                    update.job_id,
+                    response.status_code,
+                    response.text[:200],
                 )
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        log.warning(
-                            "job %s: the node refused a report: HTTP %d %s",
-                            update.job_id,
-                            response.status_code,
-                            response.text[:200],
-                        )
-                        return None
-                    return _receipt(update, response)
-            except requests.RequestException as error:
-                log.warning("job %s: report failed (%s)", update.job_id, type(error).__name__)
-            time.sleep(0.5 * 2**attempt)
+                return None
         log.error(
             "job %s: could not report %s; the sweeper will recover it",
             update.job_id,
@@ -275,7 +289,7 @@ def run_job(request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> J
         return _echo(request, ctx, lease.state or JobState.CANCELLED, str(stopped))
     except PERMANENT_ERRORS as error:
         update = _failed(request, ctx, f"{type(error).__name__}: {error}")
-    except UpstreamError:
+    except OrthancUnavailable:
         raise  # Orthanc unreachable: the task is retried later
     except Exception as error:  # a bug: record why on the job, then let Celery log the trace
         reporter.report(_failed(request, ctx, f"internal error: {type(error).__name__}: {error}"))
@@ -422,9 +436,9 @@ def _load_volume(ctx: WorkerContext, series_id: str, steps: dict[str, float]) ->
     try:
         with _step(steps, "fetch_s"):
             datasets = ctx.orthanc.series_datasets(series_id)
-    except UpstreamError:
+    except OrthancUnavailable:
         raise
-    except InteractiveError as error:  # series missing or unusable
+    except OrthancError as error:  # series missing or unusable
         raise JobInputError(str(error)) from error
     with _step(steps, "volume_s"):
         budget = VolumeBudget.for_machine(

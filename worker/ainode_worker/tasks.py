@@ -16,8 +16,8 @@ from celery.signals import worker_process_init
 from ainode.broker import RUN_JOB_TASK
 from ainode.jobs import JobRequest
 from ainode_worker.celery_app import app, settings
-from ainode_worker.interactive.errors import UpstreamError
 from ainode_worker.jobrunner import JobReporter, WorkerContext, run_job
+from ainode_worker.orthanc import OrthancUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,17 @@ def reporter() -> JobReporter:
     return JobReporter(settings)
 
 
-@app.task(name=RUN_JOB_TASK, bind=True, max_retries=TRANSIENT_RETRIES)  # type: ignore[untyped-decorator]
+# Orthanc did not answer: Celery sends the task again after 5, 10, 20 s (each a random share
+# of that, so that workers do not come back together); the job stays "running" meanwhile.
+@app.task(  # type: ignore[untyped-decorator]
+    name=RUN_JOB_TASK,
+    bind=True,
+    autoretry_for=(OrthancUnavailable,),
+    max_retries=TRANSIENT_RETRIES,
+    retry_backoff=5,
+    retry_jitter=True,
+)
 def run_job_task(self: Task, payload: dict[str, Any]) -> str:
     request = JobRequest.model_validate(payload)
-    try:
-        worker_name = self.request.hostname or socket.gethostname()
-        return run_job(request, context(worker_name), reporter()).state.value
-    except UpstreamError as error:
-        # Orthanc did not answer: try again later; the job stays "running" meanwhile.
-        log.warning("job %s: %s; retrying", request.job_id, error)
-        raise self.retry(exc=error, countdown=5 * 2**self.request.retries) from error
+    worker_name = self.request.hostname or socket.gethostname()
+    return run_job(request, context(worker_name), reporter()).state.value

@@ -12,7 +12,7 @@ import requests
 from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
-from ainode_worker.interactive.orthanc import OrthancClient
+from ainode_worker.orthanc import OrthancClient
 from ainode_worker.volume import volume_from_datasets
 from fastapi.testclient import TestClient
 from nodeharness import free_port

@@ -53,13 +53,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ainode.settings import Settings
+from ainode_worker.orthanc import OrthancClient
 
 from . import errors
 from .auth import BasicAuth, monailabel_auth_router
 from .config import AcceptedLabel, InteractiveConfig
 from .encoding import encode_mask, nifti_bytes
 from .monailabel import monailabel_router
-from .orthanc import OrthancClient, OrthancVolumeLoader
+from .orthanc import OrthancVolumeLoader
 from .prompts import Box, Point
 from .service import InteractiveService
 from .volumes import VolumeLoader

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydicom import Dataset
 
+from ainode_worker.orthanc import OrthancClient, StoredInstance
 from ainode_worker.volume import Volume
 
 from .accept import build_accepted_seg, dicom_bytes
@@ -34,7 +35,7 @@ from .errors import (
     SessionNotFoundError,
     UnknownModelError,
 )
-from .orthanc import OrthancClient, StoredInstance
+from .orthanc import orthanc_errors
 from .prompts import Bounds, Box, Mask, Point, Prompts, mask_bounds, voxel_count
 from .series import SeriesCache, SharedSeries
 from .sessions import Clock, Session, SessionStore, VolumeView
@@ -254,7 +255,8 @@ class InteractiveService:
             self.store.touch(state)
         stored = None
         if (self.config.store_accepted if store is None else store) and self.orthanc is not None:
-            stored = self.orthanc.store(dicom_bytes(seg))
+            with orthanc_errors():
+                stored = self.orthanc.store(dicom_bytes(seg))
             log.info(
                 "accepted mask of session %s stored as Orthanc %s", state.id, stored.orthanc_id
             )

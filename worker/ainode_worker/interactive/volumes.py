@@ -10,7 +10,6 @@ embedding the service) and ``OrthancVolumeLoader`` in :mod:`.orthanc`.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -25,9 +24,6 @@ from ainode_worker.volume import volume_from_datasets as _build_volume
 from .errors import SeriesNotFoundError, VolumeUnusableError
 
 log = logging.getLogger(__name__)
-
-# Orthanc's resource ids are SHA-1 digests written as five dash-separated groups of 8 hex digits.
-ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 
 
 class VolumeLoader(Protocol):
