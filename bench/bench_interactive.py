@@ -20,7 +20,8 @@ Region growing runs on a 200x512x512 CT phantom (0.75 mm pixels, 1.5 mm slices; 
 and two boxes of 160-280 HU, the largest of the specification's maximum size, noise 30 HU),
 three ways: in this process (series decoded from DICOM datasets held in memory), and on a
 real node (Orthanc, the plugin, the service as its own process; series fetched from Orthanc)
-both through Orthanc's ``/ai/interactive`` proxy and directly. The node rows also report the
+through the front door (nginx, HTTPS: what a viewer uses), through Orthanc's
+``/ai/interactive`` proxy, and directly. The node rows also report the
 service's resident memory with no series held and with 20 sessions open on the series.
 Goals (issue 13): first click on an open series <= 300 ms, on a new series <= 1.0 s, next
 click p50 <= 50 ms and p95 <= 150 ms. SAM 2 and SAM ONNX run in this process on the reduced
@@ -207,17 +208,17 @@ def measure(
     objects: int,
     nexts: int,
     seed: int = 0,
-    auth: tuple[str, str] | None = None,
+    session: requests.Session | None = None,
 ) -> Samples:
-    """Clicks on ``url``; ``drop_url`` is the service itself, where the series is dropped."""
+    """Clicks on ``url`` with ``session`` (the client's login and trust; default: a plain
+    one); ``drop_url`` is the service itself, where the series is dropped."""
     rng = np.random.default_rng(seed)
     samples = Samples()
     # The two largest objects: the slowest to grow and to cut, so p50 is not flattered.
     shapes = sorted(series.phantom.shapes, key=lambda s: -float(np.prod(s.half_extent_mm)))[:2]
     uid = series.ids.series_uid
     depths = iter(DEPTHS * (cold + opens + objects * (nexts + 1)))
-    with requests.Session() as http:
-        http.auth = auth
+    with session or requests.Session() as http:
 
         def first(shape: Shape) -> tuple[float, dict[str, Any]]:
             click = _inside(series.phantom, shape, rng, next(depths))
@@ -331,7 +332,7 @@ def _verdicts(name: str, samples: Samples) -> str:
 
 
 def on_node(series: Series, how: dict[str, int]) -> dict[str, Samples]:
-    """Region growing on a real node: through Orthanc's proxy and directly; memory."""
+    """Region growing on a real node: through the door, Orthanc's proxy and directly; memory."""
     results: dict[str, Samples] = {}
     with tempfile.TemporaryDirectory() as folder:
         node = start_node(Path(folder) / "node", worker_enabled=False)
@@ -341,16 +342,16 @@ def on_node(series: Series, how: dict[str, int]) -> dict[str, Samples]:
                 dataset.save_as(buffer, enforce_file_format=True)
                 node.post("/instances", data=buffer.getvalue()).raise_for_status()
             direct = node.settings.interactive_url
-            proxy = f"{node.url}/ai/interactive"
-            for name, url in (("node, via Orthanc proxy", proxy), ("node, direct", direct)):
-                samples = measure(
-                    url,
-                    "regiongrow",
-                    series,
-                    direct,
-                    auth=node.auth if url == proxy else None,
-                    **how,
-                )
+            proxy = requests.Session()
+            proxy.auth = node.auth
+            clients = (
+                # What a viewer uses: the front door (nginx, HTTPS), straight to the service.
+                ("node, through the door", f"{node.door_url}/ai/interactive", node.door_session()),
+                ("node, via Orthanc proxy", f"{node.url}/ai/interactive", proxy),
+                ("node, direct", direct, requests.Session()),
+            )
+            for name, url, session in clients:
+                samples = measure(url, "regiongrow", series, direct, session=session, **how)
                 results[name] = samples
                 print(_row(name, series, samples), flush=True)
             before, after, held = memory(direct, series, node.pid("interactive"))

@@ -328,9 +328,14 @@ def _stack(slices: list[_Slice], images: list[Dataset], budget: VolumeBudget) ->
             extreme = max(abs(float(pixels.min())), abs(float(pixels.max())))
             if extreme * abs(item.slope) + abs(item.intercept) > _FLOAT32_MAX:
                 raise PixelDataError("rescaled pixel values exceed the range of 32-bit floats")
-        array[index] = pixels.astype(np.float32) * np.float32(item.slope) + np.float32(
-            item.intercept
-        )
+        # In place, in 32-bit floats (the same arithmetic as a cast, multiply and add): no
+        # temporary arrays, and the steps an identity rescale asks for are skipped.
+        plane = array[index]
+        plane[...] = pixels
+        if item.slope != 1.0:
+            plane *= np.float32(item.slope)
+        if item.intercept != 0.0:
+            plane += np.float32(item.intercept)
     datasets = [s.dataset for s in slices] if len(images) == len(slices) else list(images)
     return Volume(
         array=array,
