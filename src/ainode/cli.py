@@ -33,7 +33,16 @@ from ainode.settings import Settings, SettingsFileError, describe_settings_error
 
 log = logging.getLogger("ainode")
 
-LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive", "door", "door-access")
+LOG_PARTS = (
+    "ainode",
+    "orthanc",
+    "redis",
+    "worker",
+    "delivery",
+    "interactive",
+    "door",
+    "door-access",
+)
 
 
 def _out(text: str) -> None:

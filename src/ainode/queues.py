@@ -6,7 +6,8 @@ queue name must be predictable from the rule alone. The scheme is::
     ainode.<level>            when the rule names no pool  (ainode.high, ainode.default, ainode.low)
     ainode.<pool>.<level>     when it does                 (ainode.gpu.high, ainode.cpu.low, ...)
 
-where ``<level>`` is ``high``, ``default`` (priority ``normal``) or ``low``.
+where ``<level>`` is ``high``, ``default`` (priority ``normal``) or ``low``. Written results
+are delivered from :data:`DELIVERY_QUEUE`, a light queue that CPU worker processes serve.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 QUEUE_PREFIX = "ainode"
+DELIVERY_QUEUE = f"{QUEUE_PREFIX}.cpu.delivery"  # no rule sends here: jobs' deliveries do
 
 
 class Priority(StrEnum):
