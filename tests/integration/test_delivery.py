@@ -10,6 +10,8 @@ test's own, with nothing listening there at first (a dead PACS). Nothing depends
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,51 @@ def test_cancel_during_delivery_stores_and_sends_nothing(
     cancelled = node.json(f"/ai/jobs/{job['id']}")
     assert cancelled["state"] == "cancelled" and cancelled["outputs"] == []
     assert segs(node, ids) == 0, "a delivery cancelled stores nothing"
+
+
+def test_deliveries_waiting_behind_held_ones_keep_their_lease(
+    node: Node, gate: Path, hold_store: Path, tmp_path: Path
+) -> None:
+    """Both delivery processes held: a third delivery waits, reserved by the delivery worker,
+    which reports it alive, so the node does not take it for lost and send it again."""
+    pushed = [push(node, tmp_path, seed=seed) for seed in (65, 66, 67)]
+    for _, job in pushed[:2]:
+        wait_for(lambda job=job: delivering(gate, job["id"]), RUN_TIMEOUT_S, 0.1, "a delivery")
+    waiting = pushed[2][1]["id"]
+    wait_for(
+        lambda: node.json(f"/ai/jobs/{waiting}")["detail"].get("delivery") == "waiting",
+        RUN_TIMEOUT_S,
+        0.2,
+        "the waiting delivery's heartbeat",
+    )
+    assert delivering(gate, waiting) is None, "only two deliveries at once"
+    hold_store.unlink()
+    for ids, job in pushed:
+        ended = node.wait_for_run(ids.series_uid, timeout_s=RUN_TIMEOUT_S)
+        assert ended["state"] == "failed" and ended["error"].startswith("dicom:PACS: "), ended
+        assert ended["attempts"] == 1, f"job {job['id']} was sent again"
+        assert segs(node, ids) == 1
+
+
+def test_a_delivery_process_killed_mid_way_comes_back_and_stores_once(
+    node: Node, gate: Path, hold_store: Path, tmp_path: Path
+) -> None:
+    ids, job = push(node, tmp_path, seed=68)
+    first = wait_for(lambda: delivering(gate, job["id"]), RUN_TIMEOUT_S, 0.1, "the delivery")
+    os.kill(first["pid"], signal.SIGKILL)
+    (gate / f"store-{first['pid']}.json").unlink()  # the killed process's marker
+    again = wait_for(
+        lambda: (found := delivering(gate, job["id"])) and found["pid"] != first["pid"] and found,
+        RUN_TIMEOUT_S,
+        0.1,
+        "the delivery back in another process",
+    )
+    assert again["attempt"] == first["attempt"], "the same attempt, not a new run of the model"
+    hold_store.unlink()
+    done = node.wait_for_run(ids.series_uid, timeout_s=RUN_TIMEOUT_S)
+    assert done["state"] == "failed" and done["error"].startswith("dicom:PACS: "), done
+    assert done["attempts"] == 1
+    assert [s["state"] for s in done["destinations"] if s["destination"]["kind"] == "orthanc"] == [
+        "sent"
+    ]
+    assert segs(node, ids) == 1, "exactly one set of results"
