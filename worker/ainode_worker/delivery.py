@@ -29,8 +29,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from ainode.jobs import JobRequest, JobState, JobUpdate
+from ainode.jobs import JobState, JobUpdate
 from ainode_worker.destinations import pending_statuses, send_to_destinations
 from ainode_worker.jobrunner import (
     DeliveryOrder,
@@ -47,11 +48,20 @@ log = logging.getLogger(__name__)
 
 
 def deliver(order: DeliveryOrder, ctx: WorkerContext, reporter: JobReporter) -> JobUpdate:
-    """Send the job's written results to its destinations and report the job's end."""
-    return run_leased(order.request, ctx, reporter, lambda lease: _deliver(order, ctx, lease))
+    """Send the job's written results to its destinations and report the job's end.
+
+    Reports name the worker that ran the model (the job's ``worker``); ``detail`` names this
+    delivery worker (``delivered_by``)."""
+    as_worker = replace(ctx, hostname=order.worker)
+    return run_leased(
+        order.request,
+        as_worker,
+        reporter,
+        lambda lease: _deliver(order, as_worker, lease, ctx.hostname),
+    )
 
 
-def _deliver(order: DeliveryOrder, ctx: WorkerContext, lease: Lease) -> JobUpdate:
+def _deliver(order: DeliveryOrder, ctx: WorkerContext, lease: Lease, here: str) -> JobUpdate:
     request = order.request
     detail = dict(order.detail)
     steps = dict(detail.get("steps", {}))
@@ -62,7 +72,7 @@ def _deliver(order: DeliveryOrder, ctx: WorkerContext, lease: Lease) -> JobUpdat
             state=JobState.FAILED,
             error=(
                 f"the results of job {request.job_id} are not on delivery worker "
-                f"{ctx.hostname}: the delivery queue must be served by workers sharing the "
+                f"{here}: the delivery queue must be served by workers sharing the "
                 "inference workers' data directory"
             ),
             worker=ctx.hostname,
@@ -92,7 +102,7 @@ def _deliver(order: DeliveryOrder, ctx: WorkerContext, lease: Lease) -> JobUpdat
         destinations=outcome.statuses,
         worker=ctx.hostname,
         attempt=request.attempt,
-        detail={**detail, "steps": steps, "delivered_by": ctx.hostname},
+        detail={**detail, "steps": steps, "delivered_by": here},
     )
 
 
@@ -104,7 +114,7 @@ class ReservedHeartbeat:
     def __init__(
         self,
         ctx: WorkerContext,
-        waiting: Callable[[], Iterable[JobRequest]],
+        waiting: Callable[[], Iterable[DeliveryOrder]],
     ) -> None:
         self.ctx = ctx
         self.waiting = waiting
@@ -121,16 +131,16 @@ class ReservedHeartbeat:
         reporter = JobReporter(self.ctx.settings)
         while not self._stop.wait(self.ctx.settings.job_heartbeat_s):
             try:
-                requests_waiting = list(self.waiting())
+                orders = list(self.waiting())
             except RuntimeError:  # the set changed while read: next beat
                 continue
-            for request in requests_waiting:
+            for order in orders:
                 reporter.report(
                     JobUpdate(
-                        job_id=request.job_id,
+                        job_id=order.request.job_id,
                         state=JobState.RUNNING,
-                        worker=self.ctx.hostname,
-                        attempt=request.attempt,
+                        worker=order.worker,
+                        attempt=order.request.attempt,
                         detail={"delivery": "waiting"},
                     )
                 )

@@ -63,6 +63,7 @@ class DeliveryOrder(BaseModel):
     the results folder (see :mod:`ainode_worker.delivery`)."""
 
     request: JobRequest
+    worker: str  # the worker that ran the model: the job's ``worker`` stays its name
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -434,7 +435,7 @@ def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease, hand_off: Ha
     lease.check("delivery")
     detail["results"] = {w.kind.value: w.sop_instance_uid for w in written}
     detail["seconds"] = round(time.perf_counter() - began, 3)  # delivery adds its own
-    hand_off(DeliveryOrder(request=request, detail=detail))
+    hand_off(DeliveryOrder(request=request, worker=ctx.hostname, detail=detail))
     return JobUpdate(
         job_id=request.job_id,
         state=JobState.RUNNING,

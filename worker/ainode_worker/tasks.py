@@ -98,9 +98,9 @@ def deliver_task(self: Task, payload: dict[str, Any]) -> str:
 _reserved_heartbeat: list[ReservedHeartbeat] = []
 
 
-def _reserved_deliveries() -> list[JobRequest]:
+def _reserved_deliveries() -> list[DeliveryOrder]:
     return [
-        DeliveryOrder.model_validate(request.args[0]).request
+        DeliveryOrder.model_validate(request.args[0])
         for request in list(worker_state.reserved_requests)
         if request.name == DELIVER_TASK and request.args
     ]
