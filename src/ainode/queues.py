@@ -51,3 +51,8 @@ def every_queue_name() -> list[str]:
     """All queues, most urgent first: what the one worker of a single-machine node consumes."""
     pools: list[Pool | None] = [None, *Pool]
     return [queue_name(priority, pool) for priority in Priority for pool in pools]
+
+
+def is_delivery_queue(name: str) -> bool:
+    """A delivery queue: the node's, or a worker machine's own (``ainode.cpu.delivery.<name>``)."""
+    return name == DELIVERY_QUEUE or name.startswith(f"{DELIVERY_QUEUE}.")

@@ -273,7 +273,8 @@ def test_health_reflects_a_stopped_worker_and_a_stopped_redis(fresh_node: Node) 
         "the worker to be seen down",
     )
     assert health["broker"]["healthy"]
-    assert health["worker"]["detail"] == "no worker answered"
+    # The delivery worker still answers, but runs no job.
+    assert health["worker"]["detail"].startswith("no worker answered"), health["worker"]
     services["redis"].stop()
     health = fresh_node.json("/ai/health")
     assert not health["broker"]["healthy"]
