@@ -8,9 +8,10 @@ model version, the model is not run again: the results are handed to delivery ag
 the destinations not yet reached are sent to.
 
 A job runs as one attempt (``JobRequest.attempt``) under a lease (:class:`Lease`): the worker
-reports every ``job_heartbeat_s`` and at each step boundary (fetch, inference, export, store),
-and stops as soon as the node answers that the attempt is no longer current (the job was
-cancelled, or a newer attempt superseded this one). Nothing is stored after that answer.
+reports every ``job_heartbeat_s`` and at each step boundary (fetch, inference, export,
+delivery; then store, in the delivery task), and stops as soon as the node answers that the
+attempt is no longer current (the job was cancelled, or a newer attempt superseded this one).
+Nothing is stored after that answer.
 """
 
 from __future__ import annotations
