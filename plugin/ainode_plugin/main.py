@@ -25,7 +25,7 @@ from ainode.node.health import probe_redis
 from ainode.registry import Registry, RegistryError, load_registry
 from ainode.routing import KnownDestinations, RulesWatcher, Trigger
 from ainode.settings import Settings
-from ainode.worker_runtime import WorkerRuntime, worker_runtimes
+from ainode.worker_runtime import WorkerRuntime, job_workers, worker_runtimes
 from ainode_plugin.dispatcher import Dispatcher, RetryPolicy, celery_sender
 from ainode_plugin.http import Request, Response, Router
 from ainode_plugin.interactive_routes import add_interactive_routes
@@ -143,8 +143,11 @@ class NodePlugin:
                     "detail": broker_error or f"answers at {self.settings.broker_url_redacted}",
                 },
                 "worker": {
-                    "healthy": bool(workers),
-                    "detail": ", ".join(workers) if workers else "no worker answered",
+                    "healthy": bool(job_workers(runtimes)),
+                    "detail": ", ".join(workers)
+                    if job_workers(runtimes)
+                    else "no worker answered"
+                    + (f" (only delivery: {', '.join(workers)})" if workers else ""),
                     "workers": workers,
                     "runtime": {
                         name: None if runtime is None else runtime.model_dump(mode="json")

@@ -111,6 +111,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         ("--quick", "--models", "regiongrow"),
         what="click latency over HTTP: first click (cold) vs next click",
     ),
+    Benchmark(
+        "delivery",
+        "bench_delivery.py",
+        ("--series", "3"),
+        ("--series", "8"),
+        what="inference throughput with a PACS taking 1 instance/s vs a fast one",
+    ),
 )
 
 

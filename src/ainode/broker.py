@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from ainode.settings import Settings
 
 RUN_JOB_TASK = "ainode.run_job"
+DELIVER_TASK = "ainode.deliver"  # a job's written results to its destinations
 DEFAULT_QUEUE = "ainode.default"
 
 

@@ -33,7 +33,16 @@ from ainode.settings import Settings, SettingsFileError, describe_settings_error
 
 log = logging.getLogger("ainode")
 
-LOG_PARTS = ("ainode", "orthanc", "redis", "worker", "interactive", "door", "door-access")
+LOG_PARTS = (
+    "ainode",
+    "orthanc",
+    "redis",
+    "worker",
+    "delivery",
+    "interactive",
+    "door",
+    "door-access",
+)
 
 
 def _out(text: str) -> None:
@@ -256,6 +265,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     queues = all_queue_names(None if args.pool == "any" else args.pool) if args.pool else None
     if queues is not None:
         settings = settings.model_copy(update={"worker_queues": queues})
+    if args.delivery:  # this machine's workers' deliveries (they share its data_dir)
+        settings = settings.model_copy(
+            update={
+                "worker_queues": [settings.delivery_queue],
+                "worker_concurrency": settings.delivery_concurrency,
+            }
+        )
     if settings.redis_url is None:
         log.warning(
             "redis_url is not set: using the local broker at %s", settings.broker_url_redacted
@@ -357,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool",
         choices=["gpu", "cpu", "any"],
         help="serve this pool's queues (any: the pool-less ones); default: worker_queues",
+    )
+    worker.add_argument(
+        "--delivery",
+        action="store_true",
+        help="serve only delivery_queue: send the results this machine's workers wrote",
     )
     worker.add_argument(
         "--name", help="worker name, unique per broker (default: this machine's host name)"

@@ -6,7 +6,8 @@ queue name must be predictable from the rule alone. The scheme is::
     ainode.<level>            when the rule names no pool  (ainode.high, ainode.default, ainode.low)
     ainode.<pool>.<level>     when it does                 (ainode.gpu.high, ainode.cpu.low, ...)
 
-where ``<level>`` is ``high``, ``default`` (priority ``normal``) or ``low``.
+where ``<level>`` is ``high``, ``default`` (priority ``normal``) or ``low``. Written results
+are delivered from :data:`DELIVERY_QUEUE`, a light queue that CPU worker processes serve.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 QUEUE_PREFIX = "ainode"
+DELIVERY_QUEUE = f"{QUEUE_PREFIX}.cpu.delivery"  # no rule sends here: jobs' deliveries do
 
 
 class Priority(StrEnum):
@@ -49,3 +51,8 @@ def every_queue_name() -> list[str]:
     """All queues, most urgent first: what the one worker of a single-machine node consumes."""
     pools: list[Pool | None] = [None, *Pool]
     return [queue_name(priority, pool) for priority in Priority for pool in pools]
+
+
+def is_delivery_queue(name: str) -> bool:
+    """A delivery queue: the node's, or a worker machine's own (``ainode.cpu.delivery.<name>``)."""
+    return name == DELIVERY_QUEUE or name.startswith(f"{DELIVERY_QUEUE}.")

@@ -22,7 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from ainode.queues import every_queue_name
+from ainode.queues import DELIVERY_QUEUE, every_queue_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SETTINGS_FILE = REPO_ROOT / "configs" / "settings.yaml"
@@ -126,6 +126,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=1, ge=1)
     worker_queues: list[str] = Field(
         default_factory=every_queue_name, description="Celery queues the local worker consumes"
+    )
+    delivery_queue: str = Field(
+        default=DELIVERY_QUEUE,
+        description="Where a worker queues the delivery of its written results; the workers "
+        "serving it must share its data directory (ainode up starts one).",
+    )
+    delivery_concurrency: int = Field(
+        default=2, ge=1, description="Deliveries the node's delivery worker runs at once."
     )
     worker_device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",

@@ -7,7 +7,7 @@ torch): the Orthanc plugin and the CLI import it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from celery import Celery
@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 
-from ainode.queues import QUEUE_PREFIX, Pool
+from ainode.queues import QUEUE_PREFIX, Pool, is_delivery_queue
 
 RUNTIME_COMMAND = "ainode_runtime"
 GPU_QUEUE_PREFIX = f"{QUEUE_PREFIX}.{Pool.GPU.value}."
@@ -90,3 +90,15 @@ def worker_runtimes(app: Celery, timeout_s: float = 1.0) -> dict[str, WorkerRunt
             except (ValidationError, AttributeError):
                 found[name] = None
     return dict(sorted(found.items()))
+
+
+def job_workers(runtimes: Mapping[str, WorkerRuntime | None]) -> list[str]:
+    """The workers that run jobs: all but those serving only delivery queues (a node whose
+    only live worker delivers results runs no job). One whose queues are not known counts."""
+    return [
+        name
+        for name, runtime in runtimes.items()
+        if runtime is None
+        or not runtime.queues
+        or not all(is_delivery_queue(q) for q in runtime.queues)
+    ]

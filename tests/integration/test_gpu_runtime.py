@@ -34,7 +34,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def _runtime(node: Node) -> dict[str, Any] | None:
     runtimes = node.json("/ai/health")["worker"].get("runtime") or {}
-    measured = [r for r in runtimes.values() if r and r["device"] != "unknown"]
+    measured = [
+        r
+        for name, r in runtimes.items()
+        if r and r["device"] != "unknown" and name.startswith("worker@")  # not delivery@
+    ]
     return measured[0] if measured else None
 
 

@@ -3,8 +3,10 @@
 The node's own worker serves the GPU pool's queues (``ainode.gpu.*``); the second worker, with a
 data directory of its own, reaches the node only through the settings a remote machine would
 use (``redis_url``, ``orthanc_url``, ``orthanc_username``/``orthanc_password``, auth on) and
-serves the CPU pool's (``ainode.cpu.*``). Rules send CHEST series to ``pool: gpu`` and ABDOMEN
-series to ``pool: cpu``. Every job must run exactly once, on a worker of its pool.
+serves the CPU pool's (``ainode.cpu.*``). Its results are delivered by ``ainode worker
+--delivery`` beside it, on that machine's own delivery queue (they are in its data
+directory). Rules send CHEST series to ``pool: gpu`` and ABDOMEN series to ``pool: cpu``.
+Every job must run exactly once, on a worker of its pool.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ rules:
 """
 SERIES_PER_POOL = 3
 CPU_WORKER = "cpu-pool-1"
+CPU_DELIVERY = "cpu-pool-1-delivery"
 
 
 @pytest.fixture(scope="module")
@@ -73,25 +76,33 @@ def cpu_worker(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         routing_rules=node.settings.routing_rules,
         worker_enabled=True,
         interactive_enabled=False,
+        delivery_queue=f"ainode.cpu.delivery.{CPU_WORKER}",
     )
     settings_file = folder / "settings.json"
     settings_file.write_text(remote.model_dump_json())
-    name = f"worker@{CPU_WORKER}"
-    worker = ManagedProcess(
-        name="cpu-worker",
-        argv=[sys.executable, "-m", "ainode.cli", "worker", "--pool", "cpu", "--name", CPU_WORKER],
-        log_file=folder / "worker.log",
-        probe=lambda: None if name in ping_workers(make_celery(remote), 0.5) else "no ping",
-        env={"AINODE_SETTINGS": str(settings_file)},
-        cwd=REPO_ROOT,
-        start_timeout_s=120.0,
-    )
-    worker.start()
+
+    def process(name: str, *args: str) -> ManagedProcess:
+        pinged = f"worker@{name}"
+        return ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", "ainode.cli", "worker", *args, "--name", name],
+            log_file=folder / f"{name}.log",
+            probe=lambda: None if pinged in ping_workers(make_celery(remote), 0.5) else "no ping",
+            env={"AINODE_SETTINGS": str(settings_file)},
+            cwd=REPO_ROOT,
+            start_timeout_s=120.0,
+        )
+
+    worker = process(CPU_WORKER, "--pool", "cpu")
+    delivery = process(CPU_DELIVERY, "--delivery")
     try:
-        worker.wait_ready()
+        for part in (worker, delivery):
+            part.start()
+            part.wait_ready()
         yield worker
     finally:
         worker.stop()
+        delivery.stop()
 
 
 def _series(folder: Path, body_part: str, seed: int) -> tuple[list[Path], str]:
@@ -103,8 +114,16 @@ def _series(folder: Path, body_part: str, seed: int) -> tuple[list[Path], str]:
 def test_jobs_run_once_each_on_a_worker_of_their_pool(
     node: Node, cpu_worker: ManagedProcess, tmp_path: Path
 ) -> None:
-    gpu_worker = f"worker@{node.settings.node_name}-{node.settings.http_port}"
-    assert set(node.json("/ai/health")["worker"]["workers"]) == {gpu_worker, f"worker@{CPU_WORKER}"}
+    node_name = f"{node.settings.node_name}-{node.settings.http_port}"
+    gpu_worker = f"worker@{node_name}"
+    delivered_by = {
+        gpu_worker: f"delivery@{node_name}",
+        f"worker@{CPU_WORKER}": f"worker@{CPU_DELIVERY}",
+    }
+    assert set(node.json("/ai/health")["worker"]["workers"]) == {
+        *delivered_by,
+        *delivered_by.values(),
+    }
 
     pools: dict[str, str] = {}
     for index in range(SERIES_PER_POOL):
@@ -126,9 +145,10 @@ def test_jobs_run_once_each_on_a_worker_of_their_pool(
         assert job["queue"] == f"ainode.{pool}.default", job
         assert job["worker"] == expected, job
         assert job["attempts"] == 1, job
-        # Exactly one run, in the expected worker's log and in no other.
-        runs = {name: text.count(f"job {job['id']} done in") for name, text in logs.items()}
+        # Exactly one run, in the expected worker's log and in no other; delivered beside it.
+        runs = {name: text.count(f"job {job['id']} results written") for name, text in logs.items()}
         assert runs == {name: int(name == expected) for name in logs}, runs
+        assert job["detail"]["delivered_by"] == delivered_by[expected], job["detail"]
         ran_on.setdefault(expected, []).append(job["id"])
     assert {len(ids) for ids in ran_on.values()} == {SERIES_PER_POOL}
     assert len(ran_on) == 2  # both workers did work

@@ -1,13 +1,17 @@
 """One job, end to end: series from Orthanc -> volume -> pipeline -> DICOM results -> destinations.
 
-Results are written under ``<data dir>/results/<job id>/`` with a manifest. When a job runs again
+Results are written under ``<data dir>/results/<job id>/`` with a manifest, then handed to a
+delivery task (:mod:`ainode_worker.delivery`) on the light ``delivery_queue``: the worker that ran
+the model takes its next series at once, whatever the destinations do. When a job runs again
 (a retry after a PACS was down, a redelivered task) and its manifest matches the pipeline and
-model version, the model is not run again: only the destinations not yet reached are sent to.
+model version, the model is not run again: the results are handed to delivery again, and only
+the destinations not yet reached are sent to.
 
 A job runs as one attempt (``JobRequest.attempt``) under a lease (:class:`Lease`): the worker
-reports every ``job_heartbeat_s`` and at each step boundary (fetch, inference, export, store),
-and stops as soon as the node answers that the attempt is no longer current (the job was
-cancelled, or a newer attempt superseded this one). Nothing is stored after that answer.
+reports every ``job_heartbeat_s`` and at each step boundary (fetch, inference, export,
+delivery; then store, in the delivery task), and stops as soon as the node answers that the
+attempt is no longer current (the job was cancelled, or a newer attempt superseded this one).
+Nothing is stored after that answer.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from urllib3.util.retry import Retry
 
 from ainode.credentials import orthanc_auth
@@ -36,7 +40,6 @@ from ainode.inputcheck import VolumeBudget
 from ainode.jobs import JobRequest, JobState, JobUpdate, OutputKind
 from ainode.registry import Registry, RegistryError, UnknownModelError, load_registry
 from ainode.settings import Settings
-from ainode_worker.destinations import pending_statuses, send_to_destinations
 from ainode_worker.inference.errors import InferenceError
 from ainode_worker.inference.pipeline import BackendCache, cache_from_settings, run_pipeline
 from ainode_worker.orthanc import OrthancClient, OrthancError, OrthancUnavailable
@@ -55,6 +58,23 @@ class JobInputError(Exception):
     """The job cannot succeed as asked (bad series, unknown model...): fail it, don't retry."""
 
 
+class DeliveryOrder(BaseModel):
+    """What the inference task hands to the delivery task: the attempt, and what it learnt
+    (steps, timings, result UIDs) for the job's final record. The results themselves stay in
+    the results folder (see :mod:`ainode_worker.delivery`)."""
+
+    request: JobRequest
+    worker: str  # the worker that ran the model: the job's ``worker`` stays its name
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+HandOff = Callable[[DeliveryOrder], None]
+
+
+class DeliveryNotQueuedError(Exception):
+    """The broker did not take the delivery task: the job's task is sent again later."""
+
+
 class AttemptStopped(Exception):
     """The node no longer counts this attempt as current: stop without storing or reporting."""
 
@@ -69,6 +89,8 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     ResultInputError,
     MemoryError,  # the series needs more memory than this worker has; it would again
 )
+# Failures that pass: the task is sent again later (Celery's autoretry), the job stays running.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OrthancUnavailable, DeliveryNotQueuedError)
 
 
 @dataclass
@@ -265,14 +287,29 @@ class Lease:
             self._thread.join(30)  # no heartbeat may follow the final report
 
 
-def run_job(request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> JobUpdate:
-    """Run the job and report its end; returns the final report.
+def run_job(
+    request: JobRequest, ctx: WorkerContext, reporter: JobReporter, hand_off: HandOff
+) -> JobUpdate:
+    """Run the job up to written results, hand them to delivery (``hand_off``) and report
+    that (the job stays running until delivery reports); returns the report. A job that ends
+    here (failed, no result) is reported done or failed.
 
     An attempt the node no longer counts as current (a task delivered again after the job
     ended, a job cancelled while queued, a superseded attempt) is not run, and one that stops
     counting while it runs stops at its next step boundary: the returned update then only
     echoes the node's state and is not reported.
     """
+    return run_leased(request, ctx, reporter, lambda lease: _execute(request, ctx, lease, hand_off))
+
+
+def run_leased(
+    request: JobRequest,
+    ctx: WorkerContext,
+    reporter: JobReporter,
+    body: Callable[[Lease], JobUpdate],
+) -> JobUpdate:
+    """Run ``body`` under the attempt's lease and report the update it returns; a permanent
+    error is reported as the job's failure. Shared by the inference and the delivery task."""
     if not _JOB_ID.match(request.job_id):
         raise JobInputError(f"malformed job id {request.job_id!r}")
     lease = Lease(request, ctx, reporter)
@@ -283,20 +320,23 @@ def run_job(request: JobRequest, ctx: WorkerContext, reporter: JobReporter) -> J
     started = time.perf_counter()
     try:
         with lease:
-            update = _execute(request, ctx, lease)
+            update = body(lease)
     except AttemptStopped as stopped:
         log.info("job %s attempt %s: %s", request.job_id, request.attempt, stopped)
         return _echo(request, ctx, lease.state or JobState.CANCELLED, str(stopped))
     except PERMANENT_ERRORS as error:
         update = _failed(request, ctx, f"{type(error).__name__}: {error}")
-    except OrthancUnavailable:
-        raise  # Orthanc unreachable: the task is retried later
+    except TRANSIENT_ERRORS:
+        raise  # Orthanc unreachable, delivery not queued: the task is retried later
     except Exception as error:  # a bug: record why on the job, then let Celery log the trace
         reporter.report(_failed(request, ctx, f"internal error: {type(error).__name__}: {error}"))
         raise
-    update.detail["seconds"] = round(time.perf_counter() - started, 3)
+    seconds = round(time.perf_counter() - started, 3)
+    update.detail["seconds"] = round(update.detail.get("seconds", 0.0) + seconds, 3)
     reporter.report(update)
-    if update.state == JobState.FAILED:
+    if update.state == JobState.RUNNING:
+        log.info("job %s results written in %.1f s; delivery queued", request.job_id, seconds)
+    elif update.state == JobState.FAILED:
         log.warning(
             "job %s failed in %.1f s: %s", request.job_id, update.detail["seconds"], update.error
         )
@@ -327,7 +367,7 @@ def _failed(request: JobRequest, ctx: WorkerContext, reason: str) -> JobUpdate:
     )
 
 
-def _test_gate(settings: Settings, request: JobRequest, step: str) -> None:
+def hold_at_test_gate(settings: Settings, request: JobRequest, step: str) -> None:
     """Tests only (``job_test_gate_dir``): announce this process is in ``step`` (inference,
     store), then wait while ``<dir>/hold-<step>`` exists, as a model too long to wait for
     would. The marker is named by the step and this process's id, never by the request."""
@@ -350,14 +390,22 @@ def _step(steps: dict[str, float], name: str) -> Iterator[None]:
         steps[name] = round(steps.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease) -> JobUpdate:
-    """The job's work. Its ``detail["steps"]`` says where the time went (fetch, volume,
-    inference, export, store: seconds), ``detail["timings"]`` the pipeline's own stages."""
-    folder = ctx.settings.data_dir / "results" / request.job_id
+def results_folder(settings: Settings, job_id: str) -> Path:
+    """Where a job's results are written, and read again by its delivery: named by the
+    job id (checked by :func:`run_leased`), never by anything else in a request."""
+    return settings.data_dir / "results" / job_id
+
+
+def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease, hand_off: HandOff) -> JobUpdate:
+    """The job's work up to delivery. Its ``detail["steps"]`` says where the time went
+    (fetch, volume, inference, export: seconds), ``detail["timings"]`` the pipeline's own
+    stages; delivery adds ``store_s``."""
+    began = time.perf_counter()
+    folder = results_folder(ctx.settings, request.job_id)
     spec = ctx.registry.get(request.pipeline)
     steps: dict[str, float] = {}
     detail: dict[str, Any] = {"steps": steps}
-    written = _reuse(folder, request)
+    written = reuse_results(folder, request)
     if written is None:
         lease.check("fetch")
         volumes = {"main": _load_volume(ctx, request.series_id, steps)}
@@ -369,7 +417,7 @@ def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease) -> JobUpdate
         with ThreadPoolExecutor(1, thread_name_prefix="export-prep") as pool:
             sources = pool.submit(SourceSeries(volumes["main"].datasets).prepare)
             with _step(steps, "inference_s"):
-                _test_gate(ctx.settings, request, "inference")
+                hold_at_test_gate(ctx.settings, request, "inference")
                 result = run_pipeline(
                     ctx.registry, request.pipeline, volumes, request.params, cache=ctx.cache
                 )
@@ -405,30 +453,16 @@ def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease) -> JobUpdate
         _write_manifest(folder, request, result.model_version, written)
     else:
         detail["reused_results"] = True
-    files = [w.path for w in written if w.is_dicom]
-    lease.check("store")
-    with _step(steps, "store_s"):
-        _test_gate(ctx.settings, request, "store")
-        outcome = send_to_destinations(
-            files,
-            pending_statuses(request.destinations),
-            ctx.settings,
-            sleep=lease.checked_sleep,  # no new round to a down PACS after a cancel
-        )
-    failed = outcome.failed
+    lease.check("delivery")
+    detail["results"] = {w.kind.value: w.sop_instance_uid for w in written}
+    detail["seconds"] = round(time.perf_counter() - began, 3)  # delivery adds its own
+    hand_off(DeliveryOrder(request=request, worker=ctx.hostname, detail=detail))
     return JobUpdate(
         job_id=request.job_id,
-        state=JobState.DONE if not failed else JobState.FAILED,
-        error=None
-        if not failed
-        else "; ".join(
-            f"{s.destination.kind.value}:{s.destination.name}: {s.error}" for s in failed
-        ),
-        outputs=outcome.orthanc_instance_ids,
-        destinations=outcome.statuses,
+        state=JobState.RUNNING,
         worker=ctx.hostname,
         attempt=request.attempt,
-        detail={**detail, "results": {w.kind.value: w.sop_instance_uid for w in written}},
+        detail={**{k: v for k, v in detail.items() if k != "seconds"}, "delivery": "queued"},
     )
 
 
@@ -468,7 +502,7 @@ def _write_manifest(
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
-def _reuse(folder: Path, request: JobRequest) -> list[WrittenResult] | None:
+def reuse_results(folder: Path, request: JobRequest) -> list[WrittenResult] | None:
     """The results of an earlier run of this job, if complete and for the same request."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())

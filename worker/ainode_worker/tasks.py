@@ -11,13 +11,22 @@ from functools import cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
+from kombu.exceptions import OperationalError
 
-from ainode.broker import RUN_JOB_TASK
+from ainode.broker import DELIVER_TASK, RUN_JOB_TASK
 from ainode.jobs import JobRequest
 from ainode_worker.celery_app import app, settings
-from ainode_worker.jobrunner import JobReporter, WorkerContext, run_job
-from ainode_worker.orthanc import OrthancUnavailable
+from ainode_worker.delivery import ReservedHeartbeat, deliver
+from ainode_worker.jobrunner import (
+    TRANSIENT_ERRORS,
+    DeliveryNotQueuedError,
+    DeliveryOrder,
+    JobReporter,
+    WorkerContext,
+    run_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +67,13 @@ def reporter() -> JobReporter:
     return JobReporter(settings)
 
 
-# Orthanc did not answer: Celery sends the task again after 5, 10, 20 s (each a random share
-# of that, so that workers do not come back together); the job stays "running" meanwhile.
+# Orthanc did not answer, or the broker did not take the delivery: Celery sends the task again
+# after 5, 10, 20 s (each a random share of that, so that workers do not come back together);
+# the job stays "running" meanwhile.
 @app.task(  # type: ignore[untyped-decorator]
     name=RUN_JOB_TASK,
     bind=True,
-    autoretry_for=(OrthancUnavailable,),
+    autoretry_for=TRANSIENT_ERRORS,
     max_retries=TRANSIENT_RETRIES,
     retry_backoff=5,
     retry_jitter=True,
@@ -71,4 +81,55 @@ def reporter() -> JobReporter:
 def run_job_task(self: Task, payload: dict[str, Any]) -> str:
     request = JobRequest.model_validate(payload)
     worker_name = self.request.hostname or socket.gethostname()
-    return run_job(request, context(worker_name), reporter()).state.value
+    return run_job(request, context(worker_name), reporter(), hand_off).state.value
+
+
+def hand_off(order: DeliveryOrder) -> None:
+    """Queue the delivery of written results, as the same attempt (same task id: the cancel
+    route's revoke reaches it). A broker that does not take it is retried as Orthanc is."""
+    try:
+        app.send_task(
+            DELIVER_TASK,
+            args=[order.model_dump(mode="json")],
+            queue=settings.delivery_queue,
+            task_id=order.request.attempt or None,
+        )
+    except (OperationalError, OSError) as error:
+        raise DeliveryNotQueuedError(f"the broker did not take the delivery: {error}") from error
+
+
+@app.task(name=DELIVER_TASK, bind=True)  # type: ignore[untyped-decorator]
+def deliver_task(self: Task, payload: dict[str, Any]) -> str:
+    order = DeliveryOrder.model_validate(payload)
+    worker_name = self.request.hostname or socket.gethostname()
+    # A reporter per task: pool processes run one task at a time, but never share sessions.
+    return deliver(order, context(worker_name), JobReporter(settings)).state.value
+
+
+_reserved_heartbeat: list[ReservedHeartbeat] = []
+
+
+def _reserved_deliveries() -> list[DeliveryOrder]:
+    return [
+        DeliveryOrder.model_validate(request.args[0])
+        for request in list(worker_state.reserved_requests)
+        if request.name == DELIVER_TASK and request.args
+    ]
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_reserved_heartbeat(sender: Any = None, **_: Any) -> None:
+    """A worker serving the delivery queue keeps its waiting deliveries' leases alive."""
+    queues = set(app.amqp.queues.consume_from or ())
+    if settings.delivery_queue not in queues:
+        return
+    name = getattr(sender, "hostname", None) or socket.gethostname()
+    heartbeat = ReservedHeartbeat(context(name), _reserved_deliveries)
+    heartbeat.start()
+    _reserved_heartbeat.append(heartbeat)
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_reserved_heartbeat(**_: Any) -> None:
+    for heartbeat in _reserved_heartbeat:
+        heartbeat.stop()

@@ -32,7 +32,22 @@ def worker_argv(settings: Settings, hostname: str) -> list[str]:
         f"worker@{hostname}",
         "--without-gossip",
         "--without-mingle",
+        # A delivery worker reserves many deliveries ahead, to keep their leases alive while
+        # a slow destination holds the ones running (ainode_worker.delivery).
+        *(
+            ["--prefetch-multiplier", "50"]
+            if settings.worker_queues == [settings.delivery_queue]
+            else []
+        ),
     ]
+
+
+def delivery_argv(settings: Settings, hostname: str) -> list[str]:
+    """The node's delivery worker, ``delivery@<hostname>`` (``settings`` serving only the
+    delivery queue)."""
+    argv = worker_argv(settings, hostname)
+    argv[argv.index(f"worker@{hostname}")] = f"delivery@{hostname}"
+    return argv
 
 
 def interactive_argv(settings: Settings) -> list[str]:

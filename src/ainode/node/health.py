@@ -12,7 +12,7 @@ from ainode.broker import make_celery, ping_workers
 from ainode.credentials import orthanc_auth
 from ainode.node.door import door_verify
 from ainode.settings import Settings, redact_url
-from ainode.worker_runtime import worker_runtimes
+from ainode.worker_runtime import job_workers, worker_runtimes
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,10 @@ def collect_status(settings: Settings) -> NodeStatus:
         runtimes = worker_runtimes(make_celery(settings))
         record(
             "worker",
-            None if runtimes else "no worker answered a Celery ping",
+            None
+            if job_workers(runtimes)
+            else "no worker answered a Celery ping"
+            + (f" (only delivery: {', '.join(runtimes)})" if runtimes else ""),
             "; ".join(
                 f"{name}: {runtime.summary() if runtime else 'answers'}"
                 for name, runtime in runtimes.items()

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import IO
 
 from ainode.credentials import ensure_credentials, orthanc_auth
-from ainode.node.commands import interactive_argv, orthanc_argv, worker_argv
+from ainode.node.commands import delivery_argv, interactive_argv, orthanc_argv, worker_argv
 from ainode.node.door import door_verify, nginx_argv, write_door_files
 from ainode.node.health import probe_http, probe_redis, probe_worker
 from ainode.node.orthanc_config import (
@@ -118,6 +118,24 @@ class Supervisor:
                     name="worker",
                     argv=worker_argv(s, f"{s.node_name}-{s.http_port}"),
                     log_file=s.logs_dir / "worker.log",
+                    probe=lambda: probe_worker(s, timeout_s=0.5),
+                    env=env,
+                    cwd=REPO_ROOT,
+                    start_timeout_s=120.0,
+                )
+            )
+            # Delivery of written results (a slow PACS never holds the worker above).
+            delivery = s.model_copy(
+                update={
+                    "worker_queues": [s.delivery_queue],
+                    "worker_concurrency": s.delivery_concurrency,
+                }
+            )
+            services.append(
+                ManagedProcess(
+                    name="delivery",
+                    argv=delivery_argv(delivery, f"{s.node_name}-{s.http_port}"),
+                    log_file=s.logs_dir / "delivery.log",
                     probe=lambda: probe_worker(s, timeout_s=0.5),
                     env=env,
                     cwd=REPO_ROOT,

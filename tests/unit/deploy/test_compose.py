@@ -20,7 +20,7 @@ from packaging.specifiers import SpecifierSet
 from pydantic import BaseModel
 
 from ainode.node.orthanc_config import BASE_CONFIG
-from ainode.queues import all_queue_names
+from ainode.queues import DELIVERY_QUEUE, all_queue_names
 from ainode.registry import load_registry
 from ainode.settings import REPO_ROOT, Settings
 
@@ -220,7 +220,12 @@ def test_workers_serving_gpu_queues_reserve_an_nvidia_gpu() -> None:
 
 
 def test_worker_queues_are_queues_the_routing_rules_send_to() -> None:
-    known = set(all_queue_names()) | set(all_queue_names("gpu")) | set(all_queue_names("cpu"))
+    known = (
+        set(all_queue_names())
+        | set(all_queue_names("gpu"))
+        | set(all_queue_names("cpu"))
+        | {DELIVERY_QUEUE}
+    )
     served: set[str] = set()
     for name, service in worker_services().items():
         queues = worker_queues(service)
@@ -533,3 +538,18 @@ def test_the_guide_names_the_images_volumes_and_variables_that_exist() -> None:
     active, commented = env_example()
     for variable in re.findall(r"^\s*([A-Z][A-Z0-9_]+)=", guide, flags=re.MULTILINE):
         assert variable in set(active) | commented, f"the guide sets {variable}"
+
+
+def test_the_delivery_worker_shares_the_data_volume_of_every_worker_it_delivers_for() -> None:
+    """Delivery reads the results where the inference worker wrote them (its data dir)."""
+    workers = worker_services()
+    delivering = [n for n, s in workers.items() if DELIVERY_QUEUE in worker_queues(s)]
+    assert delivering, "no worker serves the delivery queue"
+    data = PurePosixPath("/var/lib/ainode")
+    for name in delivering:
+        assert not gpu_reservations(workers[name]), f"{name}: delivery needs no GPU"
+        assert worker_queues(workers[name]) == [DELIVERY_QUEUE], f"{name}: delivery only"
+    sources = {n: mount_target(s, data)["source"] for n, s in workers.items()}  # type: ignore[index]
+    delivered = {sources[n] for n in delivering}
+    for name in workers:
+        assert sources[name] in delivered, f"{name}'s results are on a volume no delivery reads"

@@ -180,6 +180,16 @@ def test_worker_command_follows_the_settings(tmp_path: Path) -> None:
     assert options["--hostname"] == "worker@c0ffee"
 
 
+def test_a_delivery_worker_reserves_deliveries_ahead_and_an_inference_worker_does_not(
+    tmp_path: Path,
+) -> None:
+    """Reserved deliveries are the ones whose leases the delivery worker keeps alive."""
+    delivery = node_settings(tmp_path, worker_queues=["ainode.cpu.delivery"])
+    options = entrypoint.worker_argv(delivery, "c0ffee")
+    assert options[options.index("--prefetch-multiplier") + 1] == "50"
+    assert "--prefetch-multiplier" not in entrypoint.worker_argv(node_settings(tmp_path), "c0ffee")
+
+
 def test_compose_health_check_pings_the_name_the_worker_takes(tmp_path: Path) -> None:
     hostname_option = entrypoint.worker_argv(node_settings(tmp_path), "$HOSTNAME")
     name = hostname_option[hostname_option.index("--hostname") + 1]
