@@ -10,6 +10,17 @@ from nodeharness import Node, start_node, write_rules
 
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
+TESTS = Path(__file__).parent
+# Marks by folder, so a new test file is marked by where it lives: tests/unit start no node.
+FOLDER_MARKS = {"integration": ("integration",), "browser": ("browser", "integration")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0]
+        for mark in FOLDER_MARKS.get(folder, ()):
+            item.add_marker(mark)
+
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
