@@ -32,6 +32,7 @@ def test_demo_model_reaches_dice_0_9_per_label_on_an_unseen_phantom(
     assert result.timings["total_s"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("half", [0, 1])
 def test_demo_model_averages_dice_0_9_per_label_over_unseen_phantoms_of_the_specification(
     registry: Registry, cache: BackendCache, half: int
