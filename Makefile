@@ -15,9 +15,19 @@ setup-test:
 up: setup
 	$(VENV)/bin/ainode up
 
-## Install what is missing, check style and types, then run the whole test suite.
+## Install what is missing, check style and types, then run the whole test suite in parallel:
+## TEST_WORKERS processes (pytest-xdist), each running whole test files (--dist loadfile), so a
+## file's shared node is started once. Tests wait on what they see, never on time, and every
+## process takes its ports from a block of its own (tests/nodeharness.py free_port), so files
+## run safely side by side; TEST_WORKERS=0 runs everything in this one process. Most of a test's
+## time is spent waiting on Orthanc, Redis and the worker, so more processes than cores help.
+TEST_WORKERS ?= 4
+## Math libraries one thread per process (the test processes and the nodes' workers): with more
+## processes than cores, their thread pools spin against each other (seen: 3x slower inference).
+test: export OMP_NUM_THREADS := 1
 test: setup-test lint
-	$(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \
+		--durations=20 $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

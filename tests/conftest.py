@@ -10,6 +10,21 @@ from nodeharness import Node, start_node, write_rules
 
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 
+TESTS = Path(__file__).parent
+# Marks by folder, so a new test file is marked by where it lives: tests/unit start no node.
+FOLDER_MARKS = {"integration": ("integration",), "browser": ("browser", "integration")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0]
+        for mark in FOLDER_MARKS.get(folder, ()):
+            item.add_marker(mark)
+    # Files with a test marked slow first (whole files, in their order): with `make test`'s
+    # parallel workers, a long file started last would be the run's tail.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:

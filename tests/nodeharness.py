@@ -10,16 +10,18 @@ the foreground, so a part that dies (a killed worker) is restarted.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -33,7 +35,13 @@ from ainode.node.supervisor import Supervisor
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, phantom_datasets
 from ainode.settings import Settings
 
-_used_ports: set[int] = set()
+# Test ports: blocks of 200 between 20000 and 32000, below Linux's ephemeral range (32768-60999).
+PORT_BLOCK_SIZE = 200
+PORT_BLOCKS = range(20000, 32000, PORT_BLOCK_SIZE)
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "ainode-test-ports"
+_ports_lock = threading.Lock()
+_ports: Iterator[int] = iter(())
+_held_port_locks: list[IO[str]] = []
 
 # Rules for tests: CT series of 10 or more images go to the small, fast ONNX demo model.
 ONNX_RULES = """\
@@ -61,14 +69,50 @@ def write_rules(path: Path, text: str) -> Path:
 
 
 def free_port() -> int:
-    """A TCP port free now, never handed out twice in this process."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
+    """A TCP port free now and handed out to no other test process on this machine.
+
+    Ports come from a block of ``PORT_BLOCK_SIZE`` ports that this process holds by a lock file
+    (``flock``, released by the kernel when the process ends, however it ends), so parallel
+    pytest workers (xdist) and other test runs never get the same port. The blocks lie below the
+    kernel's ephemeral range, so no outgoing connection and no ``bind(0)`` takes one meanwhile.
+    Each port is still checked free when handed out (a stray server, a socket in TIME_WAIT).
+    """
+    with _ports_lock:
+        while True:
+            port = next(_ports, None)
+            if port is None:
+                _claim_port_block()
+                continue
+            if _bindable(port):
+                return port
+
+
+def _claim_port_block() -> None:
+    global _ports
+    count = len(PORT_BLOCKS)
+    first = os.getpid() % count  # processes started together try different blocks first
+    _PORT_LOCKS.mkdir(parents=True, exist_ok=True)
+    for offset in range(count):
+        start = PORT_BLOCKS[(first + offset) % count]
+        lock = (_PORT_LOCKS / f"{start}.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _held_port_locks.append(lock)  # open (so held) until this process ends
+        _ports = iter(range(start, start + PORT_BLOCK_SIZE))
+        return
+    raise RuntimeError(f"every test port block is held by another process (see {_PORT_LOCKS})")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def write_phantom(

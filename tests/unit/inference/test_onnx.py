@@ -55,12 +55,15 @@ def test_sliding_window_equals_whole_volume_for_a_pointwise_model() -> None:
 
 def test_onnx_model_segments_the_phantom_with_a_sliding_window(
     registry: Registry,
-    cache: BackendCache,
     phantom: tuple[Phantom, Volume],
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     truth, volume = phantom
     assert volume.shape[1] > 48  # larger than the model's 32x48x48 patch
+    # A cache of its own: the provider choice is logged at load, and the session's cache may
+    # hold the model already, loaded by another test file that ran first in this process.
+    cache = BackendCache(tmp_path / "data")
     with caplog.at_level(logging.INFO, logger="ainode_worker.inference.onnxrt"):
         result = run_pipeline(registry, "demo-onnx", {"main": volume}, {}, cache=cache)
     assert "using: ['CPUExecutionProvider']" in caplog.text

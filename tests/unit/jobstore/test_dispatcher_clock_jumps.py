@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ainode_plugin.dispatcher import BrokerUnavailable, Dispatcher, RetryPolicy
 from ainode_plugin.jobstore import DispatchState, JobStore
-from unit.jobstore.jobstore_helpers import Clock, decide, series_facts
+from jobstore_helpers import Clock, decide, series_facts
 
 from ainode.jobs import JobRequest, JobState, JobUpdate
 
