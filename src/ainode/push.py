@@ -8,9 +8,11 @@ chosen, usually an uncompressed one, and the compressed file then has no context
 A file whose syntax was accepted is sent as it lies on disk, without decoding; one whose syntax
 was refused is decompressed (or inflated) and sent uncompressed.
 
-An association whose peer stops answering (no C-STORE response within ``dimse_timeout_s``) is
-aborted and the rest of its share is sent again on a new one, at most :data:`ATTEMPTS` times:
-a stalled association must not leave a partial series to become "stable" and fail.
+An association whose peer stops answering (no C-STORE response within ``dimse_timeout_s``),
+or whose answer belongs to no request of ours (pynetdicom: "Received unexpected C-STORE service
+message", seen under load against Orthanc), is aborted and the rest of its share is sent again
+on a new one, at most :data:`ATTEMPTS` times: a stalled association must not leave a partial
+series to become "stable" and fail. A re-sent instance is stored once (same SOP Instance UID).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ MAX_CONTEXTS = 128  # the DICOM limit on presentation contexts per association
 # Parallel associations: while one waits for the peer's C-STORE response, another sends.
 DEFAULT_ASSOCIATIONS = 3
 CALLING_AET = "AINODE_PUSH"
+NO_RESPONSE = "no C-STORE response"
 ATTEMPTS = 3  # associations tried for one share of files, the first included
 DIMSE_TIMEOUT_S = 60.0  # no C-STORE response for this long: the association is stalled
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -146,12 +149,15 @@ class _Sender:
             try:
                 while remaining:
                     ok, failure = _send_one(assoc, remaining[0])
-                    if not ok and not assoc.is_established and attempt < ATTEMPTS:
+                    lost = not assoc.is_established or failure.endswith(NO_RESPONSE)
+                    if not ok and lost and attempt < ATTEMPTS:
                         log.warning(
                             "association stalled or lost at %s; re-sending %d file(s) on a new one",
                             remaining[0].path.name,
                             len(remaining),
                         )
+                        if assoc.is_established:  # its answers no longer match its requests
+                            assoc.abort()
                         break  # the file goes again, on the next association
                     self._record(ok, failure)
                     remaining.pop(0)
@@ -236,8 +242,9 @@ def _send_one(assoc: Association, f: _File) -> tuple[bool, str]:
     code = getattr(status, "Status", None)
     if code in (0x0000, 0xB000, 0xB007, 0xB006):  # success and warnings
         return True, ""
-    shown = f"0x{code:04X}" if isinstance(code, int) else "no response"
-    return False, f"{f.path}: status {shown}"
+    if not isinstance(code, int):  # timed out, or an answer to another request
+        return False, f"{f.path}: {NO_RESPONSE}"
+    return False, f"{f.path}: status 0x{code:04X}"
 
 
 def _uncompressed(f: _File) -> Dataset:
