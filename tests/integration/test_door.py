@@ -399,8 +399,8 @@ def test_slow_clients_cannot_starve_the_node(door_node: Node) -> None:
 
 @pytest.fixture(scope="module")
 def monailabel_client() -> Any:
-    if not MONAILABEL_WHEELS:
-        pytest.skip("the MONAI Label client wheel is missing: run `make setup-test`")
+    # A missing client is a broken test setup, not a reason to test less: fail, never skip.
+    assert MONAILABEL_WHEELS, "the MONAI Label client wheel is missing: run `make setup-test`"
     sys.path.insert(0, str(MONAILABEL_WHEELS[-1]))  # the pure-Python wheel, imported as a zip
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "'cgi' is deprecated", DeprecationWarning)
