@@ -57,8 +57,11 @@ def probe_http(
     return None
 
 
-def probe_worker(settings: Settings, timeout_s: float = 1.0) -> str | None:
+def probe_worker(settings: Settings, timeout_s: float = 1.0, name: str | None = None) -> str | None:
+    """None when a worker answers a Celery ping (``name``: that worker, e.g. ``delivery@x``)."""
     names = ping_workers(make_celery(settings), timeout_s)
+    if name is not None:
+        return None if name in names else f"{name} did not answer a Celery ping"
     return None if names else "no worker answered a Celery ping"
 
 

@@ -113,12 +113,13 @@ class Supervisor:
             )
         )
         if s.worker_enabled:
+            host = f"{s.node_name}-{s.http_port}"  # the workers' Celery names: worker@, delivery@
             services.append(
                 ManagedProcess(
                     name="worker",
-                    argv=worker_argv(s, f"{s.node_name}-{s.http_port}"),
+                    argv=worker_argv(s, host),
                     log_file=s.logs_dir / "worker.log",
-                    probe=lambda: probe_worker(s, timeout_s=0.5),
+                    probe=lambda: probe_worker(s, timeout_s=0.5, name=f"worker@{host}"),
                     env=env,
                     cwd=REPO_ROOT,
                     start_timeout_s=120.0,
@@ -134,9 +135,9 @@ class Supervisor:
             services.append(
                 ManagedProcess(
                     name="delivery",
-                    argv=delivery_argv(delivery, f"{s.node_name}-{s.http_port}"),
+                    argv=delivery_argv(delivery, host),
                     log_file=s.logs_dir / "delivery.log",
-                    probe=lambda: probe_worker(s, timeout_s=0.5),
+                    probe=lambda: probe_worker(s, timeout_s=0.5, name=f"delivery@{host}"),
                     env=env,
                     cwd=REPO_ROOT,
                     start_timeout_s=120.0,

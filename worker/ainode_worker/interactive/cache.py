@@ -9,7 +9,7 @@ within a memory budget, and evicts its own least recently used entries when aske
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,3 +89,17 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+def trim_largest_first(
+    caches: Iterable[FeatureCache], held: Callable[[], int], max_bytes: int
+) -> int:
+    """Drop least recently used features, largest cache first, until ``held()`` (the owner's
+    whole footprint, which the caches are part of) fits ``max_bytes``; the bytes freed."""
+    freed = 0
+    for cache in sorted(caches, key=lambda c: c.nbytes, reverse=True):
+        excess = held() - max_bytes
+        if excess <= 0:
+            break
+        freed += cache.trim(max(cache.nbytes - excess, 0))
+    return freed

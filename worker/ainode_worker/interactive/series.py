@@ -25,7 +25,7 @@ from typing import Any
 
 from ainode_worker.volume import Volume
 
-from .cache import FeatureCache
+from .cache import FeatureCache, trim_largest_first
 from .volumes import VolumeLoader
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,7 @@ class SharedSeries:
 
     def trim(self, max_bytes: int) -> int:
         """Drop least recently used features, largest cache first, to fit ``max_bytes``."""
-        freed = 0
-        for cache in sorted(self.caches.values(), key=lambda c: c.nbytes, reverse=True):
-            excess = self.nbytes - max_bytes
-            if excess <= 0:
-                break
-            freed += cache.trim(max(cache.nbytes - excess, 0))
-        return freed
+        return trim_largest_first(list(self.caches.values()), lambda: self.nbytes, max_bytes)
 
     def state(self) -> str:
         if self.volume is not None:

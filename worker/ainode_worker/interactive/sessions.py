@@ -33,7 +33,7 @@ import numpy as np
 
 from ainode_worker.volume import Volume
 
-from .cache import FeatureCache
+from .cache import FeatureCache, trim_largest_first
 from .errors import SessionNotFoundError
 from .prompts import Bounds, Mask
 from .series import SeriesCache, SharedSeries
@@ -103,13 +103,7 @@ class Session:
 
     def trim_features(self, max_bytes: int) -> int:
         """Drop least recently used features, largest cache first, to fit ``max_bytes``."""
-        freed = 0
-        for cache in sorted(self.caches.values(), key=lambda c: c.nbytes, reverse=True):
-            excess = self.nbytes - max_bytes
-            if excess <= 0:
-                break
-            freed += cache.trim(max(cache.nbytes - excess, 0))
-        return freed
+        return trim_largest_first(list(self.caches.values()), lambda: self.nbytes, max_bytes)
 
     def summary(self, now: float) -> dict[str, Any]:
         shape = list(self.volume.array.shape) if self.volume is not None else None
