@@ -19,8 +19,10 @@ tells Prometheus when they restarted from zero):
 * ``ainode_instances_received_total{origin}``: instances Orthanc stored (its stored-instance
   callback only increments a counter).
 * ``ainode_interactive_request_seconds{route,status}`` (histogram): round trip of the requests
-  the plugin forwards to the interactive segmentation service, as viewers see them (the
-  service's own per-stage timings are in each answer's ``timings``).
+  the plugin forwards to the interactive segmentation service, which are those of clients of
+  Orthanc's own port. Clicks through the node's door go straight to the service and are not
+  here: the service counts every click itself at ``/ai/interactive/metrics``
+  (``ainode_worker.interactive.metrics``).
 
 ``prometheus_client`` writes the text: the in-memory values are its ``Counter`` and
 ``Histogram`` (which add the standard ``_created`` series), the job store's are read by a custom
@@ -208,7 +210,8 @@ class NodeMetrics:
         self.interactive = RequestTimings(
             Histogram(
                 "ainode_interactive_request_seconds",
-                "Round trip of requests forwarded to the interactive segmentation service.",
+                "Round trip of requests the plugin forwards to the interactive segmentation "
+                "service (clients of Orthanc's port; the door's go straight to the service).",
                 ["route", "status"],
                 buckets=INTERACTIVE_BUCKETS_S,
                 registry=self.registry,

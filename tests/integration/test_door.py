@@ -39,6 +39,7 @@ from ainode_worker.interactive import create_app
 from ainode_worker.interactive.auth import TOKEN_PATHS
 from ainode_worker.interactive.config import InteractiveConfig
 from nodeharness import Node, settings_env, start_node, wait_for, write_rules
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 from scipy import ndimage as ndi
 from test_security import registered_routes
@@ -297,6 +298,96 @@ def test_segment_and_accept_with_their_query_options_through_the_door(
         door_node.door_url + "/tools/lookup", data=str(dataset.SOPInstanceUID), timeout=60
     )
     assert [r["Type"] for r in stored.json()] == ["Instance"]  # stored into Orthanc as well
+
+
+_Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _scrape(door: requests.Session, url: str) -> _Samples:
+    answer = door.get(url, timeout=60)
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def test_clicks_through_the_door_are_counted_by_the_service(
+    door_node: Node, sphere: StoredSeries
+) -> None:
+    """Clicks through the door never pass the plugin: the service counts them itself, at a
+    route behind the node's login like its others (the login test above enumerates it)."""
+    door = door_node.door_session()
+    metrics_url = door_node.door_url + "/ai/interactive/metrics"
+    plugin_url = door_node.door_url + "/ai/metrics"
+
+    before = _scrape(door, metrics_url)
+    plugin_before = _scrape(door, plugin_url)
+    x, y, z = sphere.click()
+    click = {"x": x, "y": y, "z": z, "label": 1}
+    first = door.post(
+        door_node.door_url + "/ai/interactive/segment",
+        json={"series": sphere.uid, "model": "regiongrow", "points": [click]},
+        timeout=300,
+    )
+    assert first.status_code == 200, first.text[:300]
+    session = first.json()["session"]
+    assert first.json()["voxels"] > 0
+    for _ in range(2):
+        nxt = door.post(
+            door_node.door_url + "/ai/interactive/segment",
+            json={"session": session, "model": "regiongrow", "points": [click]},
+            timeout=300,
+        )
+        assert nxt.status_code == 200, nxt.text[:300]
+    refused = door.post(
+        door_node.door_url + "/ai/interactive/segment",
+        json={"series": sphere.uid, "model": "no-such-model", "points": [click]},
+        timeout=60,
+    )
+    assert refused.status_code == 404, refused.text[:300]
+    after = _scrape(door, metrics_url)
+
+    def added(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    clicks = "ainode_interactive_click_seconds_count"
+    assert added(clicks, model="regiongrow", click="first") == 1
+    assert added(clicks, model="regiongrow", click="next") == 2
+    assert added("ainode_interactive_click_seconds_sum", model="regiongrow", click="next") > 0
+    inf = {"model": "regiongrow", "click": "next", "le": "+Inf"}
+    assert added("ainode_interactive_click_seconds_bucket", **inf) == 2
+    errors = "ainode_interactive_click_errors_total"
+    assert added(errors, model="unknown", error="UnknownModelError") == 1
+    assert added(errors, model="regiongrow", error="UnknownModelError") == 0
+
+    assert after[("ainode_interactive_sessions", ())] >= 1
+    assert after[("ainode_interactive_series", (("state", "ready"),))] >= 1
+    voxels = int(np.prod(sphere.phantom.labels.shape))
+    assert after[("ainode_interactive_series_bytes", ())] >= voxels  # the volume, at least
+    assert after[("ainode_interactive_segmentations_in_flight", ())] == 0
+
+    # The session closed, the gauge follows at the next scrape.
+    assert door.delete(door_node.door_url + f"/ai/interactive/sessions/{session}", timeout=60).ok
+    closed = _scrape(door, metrics_url)
+    sessions = "ainode_interactive_sessions", ()
+    assert closed[sessions] <= after[sessions] - 1
+
+    # None of these clicks passed the plugin: its histogram of forwarded requests is unchanged.
+    plugin_after = _scrape(door, plugin_url)
+    forwarded = {
+        key: value
+        for key, value in plugin_after.items()
+        if key[0] == "ainode_interactive_request_seconds_count"
+    }
+    assert forwarded == {
+        key: value
+        for key, value in plugin_before.items()
+        if key[0] == "ainode_interactive_request_seconds_count"
+    }
 
 
 def test_oversize_bodies_get_413_never_503(door_node: Node) -> None:

@@ -114,17 +114,20 @@ class Supervisor:
         )
         if s.worker_enabled:
             host = f"{s.node_name}-{s.http_port}"  # the workers' Celery names: worker@, delivery@
-            services.append(
-                ManagedProcess(
-                    name="worker",
-                    argv=worker_argv(s, host),
-                    log_file=s.logs_dir / "worker.log",
-                    probe=lambda: probe_worker(s, timeout_s=0.5, name=f"worker@{host}"),
+
+            def celery_worker(name: str, argv: list[str]) -> ManagedProcess:
+                """A Celery worker, ready once it answers a ping to its own name."""
+                return ManagedProcess(
+                    name=name,
+                    argv=argv,
+                    log_file=s.logs_dir / f"{name}.log",
+                    probe=lambda: probe_worker(s, timeout_s=0.5, name=f"{name}@{host}"),
                     env=env,
                     cwd=REPO_ROOT,
                     start_timeout_s=120.0,
                 )
-            )
+
+            services.append(celery_worker("worker", worker_argv(s, host)))
             # Delivery of written results (a slow PACS never holds the worker above).
             delivery = s.model_copy(
                 update={
@@ -132,17 +135,7 @@ class Supervisor:
                     "worker_concurrency": s.delivery_concurrency,
                 }
             )
-            services.append(
-                ManagedProcess(
-                    name="delivery",
-                    argv=delivery_argv(delivery, host),
-                    log_file=s.logs_dir / "delivery.log",
-                    probe=lambda: probe_worker(s, timeout_s=0.5, name=f"delivery@{host}"),
-                    env=env,
-                    cwd=REPO_ROOT,
-                    start_timeout_s=120.0,
-                )
-            )
+            services.append(celery_worker("delivery", delivery_argv(delivery, host)))
         if s.interactive_enabled:
             services.append(
                 ManagedProcess(

@@ -16,6 +16,7 @@ from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.volumes import InMemoryVolumeLoader
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from ainode.phantoms import Geometry
 
@@ -126,6 +127,31 @@ def test_deepgrow_style_clicks_answer_multipart(
     nifti_image: Any = nib.load(path)
     labels = np.asarray(nifti_image.dataobj).transpose(2, 1, 0)
     assert dice(labels == 1, series.phantom.labels == 1) >= 0.85
+
+
+def test_infer_clicks_are_counted_in_the_service_metrics(series: PhantomSeries) -> None:
+    loader = InMemoryVolumeLoader()
+    loader.add(series.volume)
+    client = TestClient(create_app(InteractiveConfig(store_accepted=False), loader=loader))
+    sphere = object_click(series.phantom, 1)
+    for _ in range(2):  # one per-series session: the first infer opens it, the second reuses it
+        answer = _infer(client, series.uid, {"foreground": [list(sphere)], "background": []})
+        assert answer.status_code == 200
+    bad = _infer(client, series.uid, {"foreground": [[-5, 0, 0]]})
+    assert bad.status_code == 400, bad.text
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    counts = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+        if sample.name.startswith("ainode_interactive_click")
+    }
+    clicks = "ainode_interactive_click_seconds_count"
+    assert counts[(clicks, (("click", "first"), ("model", "regiongrow")))] == 1
+    assert counts[(clicks, (("click", "next"), ("model", "regiongrow")))] == 1
+    failed = ("error", "PromptOutsideVolumeError"), ("model", "regiongrow")
+    assert counts[("ainode_interactive_click_errors_total", failed)] == 1
 
 
 def test_ohif_request_for_uint16_nrrd(

@@ -26,7 +26,7 @@ from ainode.jobs import Destination, DestinationKind
 from ainode.settings import RemoteModality, Settings
 
 from .errors import DestinationError
-from .registry import destination_type
+from .registry import configured, destination_type
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,9 @@ class DicomSender:
     """A remote modality from ``settings.remote_modalities[destination.name]``."""
 
     def __init__(self, destination: Destination, settings: Settings) -> None:
-        try:
-            self.peer: RemoteModality = settings.remote_modalities[destination.name]
-        except KeyError:
-            raise DestinationError(
-                f"no remote modality named {destination.name!r} in the settings",
-                retriable=False,
-            ) from None
+        self.peer: RemoteModality = configured(
+            settings.remote_modalities, destination, "remote modality"
+        )
         self.name = destination.name
         self.calling_aet = settings.dicom_aet
 

@@ -17,7 +17,7 @@ from ainode.settings import DicomWebServer, Settings
 
 from .errors import DestinationError
 from .http_status import is_retriable_status
-from .registry import destination_type
+from .registry import configured, destination_type
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,9 @@ class DicomWebSender:
     """A DICOMweb server from ``settings.dicomweb_servers[destination.name]``."""
 
     def __init__(self, destination: Destination, settings: Settings) -> None:
-        try:
-            self.server: DicomWebServer = settings.dicomweb_servers[destination.name]
-        except KeyError:
-            raise DestinationError(
-                f"no DICOMweb server named {destination.name!r} in the settings",
-                retriable=False,
-            ) from None
+        self.server: DicomWebServer = configured(
+            settings.dicomweb_servers, destination, "DICOMweb server"
+        )
         self.name = destination.name
 
     def send(self, files: Sequence[Path]) -> list[str]:

@@ -7,9 +7,9 @@ dispatcher never changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ainode.jobs import Destination, DestinationKind
 from ainode.settings import Settings
@@ -56,6 +56,19 @@ def make_sender(destination: Destination, settings: Settings) -> Sender:
             f"no destination type {destination.kind.value!r} is installed", retriable=False
         ) from None
     return factory(destination, settings)
+
+
+Peer = TypeVar("Peer")
+
+
+def configured(peers: Mapping[str, Peer], destination: Destination, what: str) -> Peer:
+    """The settings' entry the destination names; a name not there is a non-retriable error."""
+    try:
+        return peers[destination.name]
+    except KeyError:
+        raise DestinationError(
+            f"no {what} named {destination.name!r} in the settings", retriable=False
+        ) from None
 
 
 def registered_kinds() -> frozenset[DestinationKind]:

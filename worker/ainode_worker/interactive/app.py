@@ -25,6 +25,9 @@ Endpoints (JSON unless said otherwise; errors are ``{"error": message, "type": c
     Close a session and free its memory.
 ``GET /sessions``, ``GET /health``
     Sessions with their memory and cache statistics; models, memory and concurrency.
+``GET /metrics``
+    Prometheus metrics: click latency by model, open sessions, shared series and their
+    memory (see :mod:`.metrics`).
 ``POST /series/{series}/prefetch``, ``GET /series``, ``DELETE /series/{series}``
     Start loading a series a viewer has opened (202, answers at once with its state:
     ``loading``, ``ready`` or ``failed``); the series held, each once for all its sessions;
@@ -59,6 +62,7 @@ from . import errors
 from .auth import BasicAuth, monailabel_auth_router
 from .config import AcceptedLabel, InteractiveConfig
 from .encoding import encode_mask, nifti_bytes
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .monailabel import monailabel_router
 from .orthanc import OrthancVolumeLoader
 from .prompts import Box, Point
@@ -344,6 +348,10 @@ def _add_routes(app: FastAPI, service: InteractiveService) -> None:
     @app.get("/health")
     def health() -> dict[str, Any]:
         return service.health()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/series/{series}/prefetch", status_code=202)
     def prefetch(series: str) -> dict[str, Any]:

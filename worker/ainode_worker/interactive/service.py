@@ -35,6 +35,7 @@ from .errors import (
     SessionNotFoundError,
     UnknownModelError,
 )
+from .metrics import ServiceMetrics
 from .orthanc import orthanc_errors
 from .prompts import Bounds, Box, Mask, Point, Prompts, mask_bounds, voxel_count
 from .series import SeriesCache, SharedSeries
@@ -75,6 +76,7 @@ class SegmentResult:
     volume: Volume
     timings: Timings
     bounds: Bounds  # where ``mask`` is nonzero: later steps skip the empty rest of the grid
+    opened: bool = False  # this request opened the session's series (its first click)
 
     @property
     def voxels(self) -> int:
@@ -128,6 +130,7 @@ class InteractiveService:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started = time.monotonic()
+        self.metrics = ServiceMetrics(self.store, in_flight=lambda: self.in_flight)
 
     def loadable_backends(self) -> dict[str, Backend]:
         """The backends whose weights load, as MONAI Label lists its models (it loads at start).
@@ -166,11 +169,32 @@ class InteractiveService:
         keyed_session: str | None = None,
     ) -> SegmentResult:
         """Segment from prompts; ``keyed_session`` names a session that is made if missing."""
+        try:
+            result = self._segment(
+                model, series, points, boxes, session, use_previous_mask, keyed_session
+            )
+        except Exception as error:
+            self.metrics.click_failed(model if model in self.backends else "unknown", error)
+            raise
+        self.metrics.click(model, result.timings.total_ms / 1000.0, first=result.opened)
+        return result
+
+    def _segment(
+        self,
+        model: str,
+        series: str | None,
+        points: tuple[Point, ...],
+        boxes: tuple[Box, ...],
+        session: str | None,
+        use_previous_mask: bool,
+        keyed_session: str | None,
+    ) -> SegmentResult:
         begin = time.perf_counter()
         backend = self.backend(model)
         state = self._session(series, session, keyed_session)
         timings = Timings()
         with self._locked(state):
+            opened = state.volume is None
             shared, timings.load_ms = self._attach(state, series)
             source = state.volume
             if source is None:  # closed by another request since
@@ -206,7 +230,7 @@ class InteractiveService:
         timings.decodes_reused = outcome.decodes_reused
         timings.total_ms = (time.perf_counter() - begin) * 1000.0
         result = SegmentResult(
-            state.id, source.series_uid, model, outcome.mask, source, timings, bounds
+            state.id, source.series_uid, model, outcome.mask, source, timings, bounds, opened
         )
         log.info(
             "segment %s session=%s voxels=%d load=%.0fms embed=%.0fms decode=%.0fms total=%.0fms",

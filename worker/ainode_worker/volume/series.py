@@ -152,21 +152,32 @@ def _slices_of(ds: Dataset) -> list[_Slice]:
         return _frames_of(ds, frames)
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
         raise InconsistentSizeError("an image has no ImagePositionPatient/ImageOrientationPatient")
-    spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
-    slope, intercept = _rescale(ds)
-    return [
-        _Slice(
-            position=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient"),
-            orientation=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient"),
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
-            pixel_spacing=(float(spacing[0]), float(spacing[1])),
-            slope=slope,
-            intercept=intercept,
-            pixels=partial(_decode, ds),
-            dataset=ds,
-        )
-    ]
+    return [_plane(ds, ds, ds, ds, ds, partial(_decode, ds))]
+
+
+def _plane(
+    ds: Dataset,
+    position: Dataset,
+    orientation: Dataset,
+    measures: Dataset,
+    rescale: Dataset | None,
+    pixels: Callable[[], npt.NDArray[np.generic]],
+) -> _Slice:
+    """One slice of ``ds`` from the items carrying its plane's tags: the image itself, or one
+    frame's functional groups."""
+    spacing = _floats(measures.get("PixelSpacing"), 2, "PixelSpacing")
+    slope, intercept = _rescale(rescale)
+    return _Slice(
+        position=_floats(position.ImagePositionPatient, 3, "ImagePositionPatient"),
+        orientation=_floats(orientation.ImageOrientationPatient, 6, "ImageOrientationPatient"),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        slope=slope,
+        intercept=intercept,
+        pixels=pixels,
+        dataset=ds,
+    )
 
 
 def _frames_of(ds: Dataset, frames: int) -> list[_Slice]:
@@ -202,22 +213,9 @@ def _frames_of(ds: Dataset, frames: int) -> list[_Slice]:
             raise UnsupportedMultiFrameError(
                 f"frame {index + 1} lacks plane position, orientation or pixel measures"
             )
-        slope, intercept = _rescale(group(index, "PixelValueTransformationSequence"))
-        spacing = _floats(measures.get("PixelSpacing"), 2, "PixelSpacing")
+        rescale = group(index, "PixelValueTransformationSequence")
         out.append(
-            _Slice(
-                position=_floats(position.ImagePositionPatient, 3, "ImagePositionPatient"),
-                orientation=_floats(
-                    orientation.ImageOrientationPatient, 6, "ImageOrientationPatient"
-                ),
-                rows=int(ds.Rows),
-                columns=int(ds.Columns),
-                pixel_spacing=(float(spacing[0]), float(spacing[1])),
-                slope=slope,
-                intercept=intercept,
-                pixels=partial(frame_pixels, index),
-                dataset=ds,
-            )
+            _plane(ds, position, orientation, measures, rescale, partial(frame_pixels, index))
         )
     return out
 

@@ -10,7 +10,6 @@ governs them, and copied back for each decode.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import numpy.typing as npt
 
 from ..cache import Computed
 from ..errors import ModelUnavailableError
-from .sam_slices import Decoded, Float2D, ResizeMode
+from .sam_slices import Decoded, Float2D, LoadedOnce, ResizeMode
 
 log = logging.getLogger(__name__)
 
 
-class Sam2TorchModel:
+class Sam2TorchModel(LoadedOnce):
     resize: ResizeMode = "stretch"
 
     def __init__(
@@ -37,64 +36,53 @@ class Sam2TorchModel:
         cache_dtype: str = "float32",
         gpu_min_free_bytes: int = 2 << 30,
     ) -> None:
+        super().__init__()
         self.checkpoint = checkpoint
         self.config = config
         self.hydra_overrides = list(hydra_overrides or [])
         self.device_name = device
         self.cache_dtype = cache_dtype
         self.gpu_min_free_bytes = gpu_min_free_bytes
-        self.image_size = 0
-        self.mask_size = 0
-        self._lock = threading.Lock()
-        self._encoder: Any = None
-        self._decoder: Any = None
         self._device: Any = None
 
-    @property
-    def loaded(self) -> bool:
-        return self._decoder is not None
-
-    def load(self) -> None:
-        with self._lock:
-            if self._decoder is not None:
-                return
-            if not self.checkpoint.is_file():
-                raise ModelUnavailableError(
-                    f"SAM 2 checkpoint {self.checkpoint} does not exist; copy the weights there "
-                    "or remove the model from the interactive configuration"
-                )
-            import torch
-            from sam2.build_sam import build_sam2
-
-            from .sam2_modules import Sam2ImageEncoder, Sam2PromptDecoder
-
-            device = self.device_name
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            try:
-                model = build_sam2(
-                    self.config,
-                    str(self.checkpoint),
-                    device=device,
-                    hydra_overrides_extra=self.hydra_overrides,
-                )
-            except (RuntimeError, KeyError, ValueError, OSError) as error:
-                raise ModelUnavailableError(
-                    f"SAM 2 weights {self.checkpoint.name} do not load with config "
-                    f"{self.config}: {type(error).__name__}: {error}"
-                ) from error
-            self._device = torch.device(device)
-            self._encoder = Sam2ImageEncoder(model).eval()
-            self._decoder = Sam2PromptDecoder(model).eval()
-            self.image_size = int(model.image_size)
-            self.mask_size = self.image_size // 4
-            log.info(
-                "SAM 2 loaded from %s (%s, input %d px) on %s",
-                self.checkpoint.name,
-                self.config,
-                self.image_size,
-                device,
+    def _load(self) -> None:
+        if not self.checkpoint.is_file():
+            raise ModelUnavailableError(
+                f"SAM 2 checkpoint {self.checkpoint} does not exist; copy the weights there "
+                "or remove the model from the interactive configuration"
             )
+        import torch
+        from sam2.build_sam import build_sam2
+
+        from .sam2_modules import Sam2ImageEncoder, Sam2PromptDecoder
+
+        device = self.device_name
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            model = build_sam2(
+                self.config,
+                str(self.checkpoint),
+                device=device,
+                hydra_overrides_extra=self.hydra_overrides,
+            )
+        except (RuntimeError, KeyError, ValueError, OSError) as error:
+            raise ModelUnavailableError(
+                f"SAM 2 weights {self.checkpoint.name} do not load with config "
+                f"{self.config}: {type(error).__name__}: {error}"
+            ) from error
+        self._device = torch.device(device)
+        self._encoder = Sam2ImageEncoder(model).eval()
+        self._decoder = Sam2PromptDecoder(model).eval()
+        self.image_size = int(model.image_size)
+        self.mask_size = self.image_size // 4
+        log.info(
+            "SAM 2 loaded from %s (%s, input %d px) on %s",
+            self.checkpoint.name,
+            self.config,
+            self.image_size,
+            device,
+        )
 
     def encode(self, image: npt.NDArray[np.float32]) -> Computed:
         import torch

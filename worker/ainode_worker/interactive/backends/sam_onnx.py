@@ -18,7 +18,6 @@ them to the next slice. CUDA is used when ONNX Runtime offers it, else the CPU.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,7 @@ import numpy.typing as npt
 
 from ..cache import Computed
 from ..errors import ModelUnavailableError
-from .sam_slices import Decoded, Float2D, ResizeMode
+from .sam_slices import Decoded, Float2D, LoadedOnce, ResizeMode
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ _SAM2_FEATURES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 _SAM1_FEATURE = "image_embeddings"
 
 
-class SamOnnxModel:
+class SamOnnxModel(LoadedOnce):
     def __init__(
         self,
         encoder: Path,
@@ -46,61 +45,50 @@ class SamOnnxModel:
         providers: list[str] | None = None,
         threads: int = 0,
     ) -> None:
+        super().__init__()
         self.encoder_path = encoder
         self.decoder_path = decoder
         self.family = family
         self.providers = providers
         self.threads = threads
-        self.image_size = 0
-        self.mask_size = 0
         self.resize: ResizeMode = "stretch"
-        self._lock = threading.Lock()
-        self._encoder: Any = None
-        self._decoder: Any = None
         self._feature_names: tuple[str, ...] = ()
         self._decoder_inputs: set[str] = set()
         self._decoder_outputs: list[str] = []
         self._pads_points = False
 
-    @property
-    def loaded(self) -> bool:
-        return self._decoder is not None
-
-    def load(self) -> None:
-        with self._lock:
-            if self._decoder is not None:
-                return
-            for path in (self.encoder_path, self.decoder_path):
-                if not path.is_file():
-                    raise ModelUnavailableError(
-                        f"ONNX file {path} does not exist; export the model there or remove it "
-                        "from the interactive configuration"
-                    )
-            import onnxruntime as ort
-
-            available = ort.get_available_providers()
-            providers = self.providers or [
-                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-            ]
-            options = ort.SessionOptions()
-            if self.threads:
-                options.intra_op_num_threads = self.threads
-            try:
-                encoder = ort.InferenceSession(str(self.encoder_path), options, providers=providers)
-                decoder = ort.InferenceSession(str(self.decoder_path), options, providers=providers)
-            except (RuntimeError, ValueError) as error:  # ORT raises its own Fail/InvalidGraph
+    def _load(self) -> None:
+        for path in (self.encoder_path, self.decoder_path):
+            if not path.is_file():
                 raise ModelUnavailableError(
-                    f"ONNX Runtime cannot load {self.encoder_path.name}/{self.decoder_path.name}: "
-                    f"{error}"
-                ) from error
-            self._configure(encoder, decoder)
-            self._encoder, self._decoder = encoder, decoder
-            log.info(
-                "SAM ONNX (%s) loaded: input %d px, providers %s",
-                "SAM 2" if self._feature_names == _SAM2_FEATURES else "SAM 1",
-                self.image_size,
-                decoder.get_providers(),
-            )
+                    f"ONNX file {path} does not exist; export the model there or remove it "
+                    "from the interactive configuration"
+                )
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        providers = self.providers or [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+        ]
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            encoder = ort.InferenceSession(str(self.encoder_path), options, providers=providers)
+            decoder = ort.InferenceSession(str(self.decoder_path), options, providers=providers)
+        except (RuntimeError, ValueError) as error:  # ORT raises its own Fail/InvalidGraph
+            raise ModelUnavailableError(
+                f"ONNX Runtime cannot load {self.encoder_path.name}/{self.decoder_path.name}: "
+                f"{error}"
+            ) from error
+        self._configure(encoder, decoder)
+        self._encoder, self._decoder = encoder, decoder
+        log.info(
+            "SAM ONNX (%s) loaded: input %d px, providers %s",
+            "SAM 2" if self._feature_names == _SAM2_FEATURES else "SAM 1",
+            self.image_size,
+            decoder.get_providers(),
+        )
 
     def _configure(self, encoder: Any, decoder: Any) -> None:
         inputs = {i.name: i for i in decoder.get_inputs()}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -80,6 +81,30 @@ class SliceModel(Protocol):
         mask_input: Float2D | None,
     ) -> Decoded:
         """One mask for points ([n, 2] model-input pixels) with labels ([n])."""
+
+
+class LoadedOnce:
+    """A :class:`SliceModel`'s weights, loaded on first use and once, however many sessions
+    ask at the same time; ``_load`` sets ``_encoder``, ``_decoder`` and the sizes."""
+
+    def __init__(self) -> None:
+        self.image_size = 0
+        self.mask_size = 0
+        self._lock = threading.Lock()
+        self._encoder: Any = None
+        self._decoder: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._decoder is not None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._decoder is None:
+                self._load()
+
+    def _load(self) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
