@@ -123,41 +123,41 @@ function worldToVoxel(g, world, z) {
 
 // -- the mask as a labelmap ------------------------------------------------------------------
 
-/** Whether bits [start, start + n) of a packbits (MSB first) array are all 0. */
-function bitsEmpty(bits, start, n) {
-  const end = start + n;
-  let bit = start;
-  while (bit < end) {
-    if ((bit & 7) === 0 && bit + 8 <= end) {
-      if (bits[bit >> 3]) {
-        return false;
+/** One labelmap image's pixels (row by row) from bits [base, base + data.length) of the mask
+ * (packbits, MSB first): cleared at native speed, then set only where a mask byte is not 0. */
+function writeSlice(bits, base, data) {
+  data.fill(0);
+  const n = data.length;
+  let i = 0;
+  if ((base & 7) === 0) {
+    const first = base >> 3;
+    const bytes = n >> 3;
+    for (let j = 0; j < bytes; j++) {
+      const byte = bits[first + j];
+      if (byte) {
+        for (let k = 0; k < 8; k++) {
+          if (byte & (0x80 >> k)) {
+            data[(j << 3) + k] = SEGMENT;
+          }
+        }
       }
-      bit += 8;
-    } else {
-      if (bits[bit >> 3] & (0x80 >> (bit & 7))) {
-        return false;
-      }
-      bit += 1;
+    }
+    i = bytes << 3;
+  }
+  for (; i < n; i++) {
+    const bit = base + i;
+    if (bits[bit >> 3] & (0x80 >> (bit & 7))) {
+      data[i] = SEGMENT;
     }
   }
-  return true;
-}
-
-function anyNonZero(data) {
-  for (let i = 0; i < data.length; i++) {
-    if (data[i]) {
-      return true;
-    }
-  }
-  return false;
 }
 
 /** Write the service's mask into a segmentation's labelmap images, slice by slice.
  *
  * The labelmap has one image per image of the series, each naming the image it labels
  * (`referencedImageId`); an image's slice in the mask is its rank by position along the normal,
- * found from cornerstone's metadata, never from the images' order. Slices empty before and
- * after are left alone. Returns the labelmap slices (image indices) that changed. */
+ * found from cornerstone's metadata, never from the images' order. Returns the labelmap
+ * slices (image indices) written. */
 function writeLabelmap(cs, segmentation, g, mask) {
   const [depth, rows, columns] = mask.shape;
   if (depth !== g.positions.length || rows !== g.rows || columns !== g.columns) {
@@ -180,15 +180,7 @@ function writeLabelmap(cs, segmentation, g, mask) {
     if (z < 0 || z >= depth || data.length !== size) {
       return;
     }
-    const base = z * size;
-    const empty = bitsEmpty(mask.bits, base, size);
-    if (empty && !anyNonZero(data)) {
-      return;
-    }
-    for (let i = 0; i < size; i++) {
-      const bit = base + i;
-      data[i] = mask.bits[bit >> 3] & (0x80 >> (bit & 7)) ? SEGMENT : 0;
-    }
+    writeSlice(mask.bits, z * size, data);
     image.voxelManager.setScalarData(data);
     modified.push(index);
   });
