@@ -119,6 +119,12 @@ def _screenshot(locator: Locator) -> bytes | None:
         return None
 
 
+def _red(png: bytes) -> int:
+    """Pixels of the segment's colour (OHIF gives segment 1 red); the images are grey."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    return int((rgb[..., 0] - rgb[..., 1:].max(axis=-1) > 40).sum())
+
+
 def _newly_coloured(locator: Locator, before: NDArray[np.bool_], minimum: int) -> int:
     """Coloured pixels more than ``before`` had (counts: OHIF's Segmentation panel opening
     resizes the viewport)."""
@@ -143,8 +149,9 @@ def _dismiss_ohif_prompts(page: Page) -> None:
 
 
 def _show_slice_and_locate(page: Page, position: list[float], world: list[float]) -> dict[str, Any]:
-    """Show the image at ``position`` (ImagePositionPatient) in the active viewport and give
-    where ``world`` (patient mm) is on the screen, from cornerstone's own camera."""
+    """Show the image at ``position`` (ImagePositionPatient) in the active viewport (a stack,
+    or an MPR view in the series' plane) and give where ``world`` (patient mm) is on the
+    screen, from cornerstone's own camera."""
     located = page.evaluate(
         """([position, world]) => {
           const panel = window.ainodeOhif;
@@ -157,9 +164,19 @@ def _show_slice_and_locate(page: Page, position: list[float], world: list[float]
             return p.every((v, i) => Math.abs(v - position[i]) < 0.01);
           });
           if (index < 0) { return null; }
-          if (vp.getCurrentImageIdIndex() !== index) {
-            vp.setImageIdIndex(index);
-            return null;
+          if (vp.setImageIdIndex) {  // a stack
+            if (vp.getCurrentImageIdIndex() !== index) {
+              vp.setImageIdIndex(index);
+              return null;
+            }
+          } else {  // a volume: its slice indices are not the images' order; its camera says
+            const { focalPoint, viewPlaneNormal } = vp.getCamera();
+            const off = focalPoint.reduce(
+              (sum, f, i) => sum + (f - position[i]) * viewPlaneNormal[i], 0);
+            if (Math.abs(off) > 0.01) {
+              vp.jumpToWorld(world);
+              return null;
+            }
           }
           const [cx, cy] = vp.worldToCanvas(world);
           const rect = vp.element.getBoundingClientRect();
@@ -518,3 +535,83 @@ def test_the_configured_sam_models_segment_from_the_ohif_panel(
             f"{result['voxels']} voxels", timeout=WAIT_MS
         )
         snapshot(page, name)
+
+
+def test_the_segmentation_shows_on_every_mpr_viewport(
+    new_page: Callable[[tuple[str, str] | None], Page],
+    study: Study,
+    snapshot: Callable[[Page, str], None],
+) -> None:
+    """The object's segmentation follows the series into OHIF's MPR layout (three volume
+    viewports): drawn on each, and a correction clicked in the axial view rewrites it."""
+    geometry = study.phantom.geometry
+    sphere = next(s for s in study.phantom.shapes if isinstance(s, Sphere))
+    z = round(sphere.centre_mm[0] / geometry.spacing[0])
+    row = sphere.centre_mm[1] / geometry.spacing[1]
+    col = sphere.centre_mm[2] / geometry.spacing[2]
+    page = _open_viewer(new_page(study.node.auth), study)
+    target = _click_target(page, geometry, z, row, col)
+    page.locator("#ainode-ai-tool").click()
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
+        page.mouse.click(target["x"], target["y"])
+    assert answer.value.ok, answer.value.text()
+    segmentation_id = wait_for(
+        lambda: page.locator(PANEL).get_attribute("data-segmentation"),
+        60,
+        0.5,
+        "the object's segmentation",
+    )
+    labelmap = _labelmap_shows(
+        page, segmentation_id, geometry, _decode(answer.value.json()["mask"])
+    )
+
+    # What OHIF's layout button runs for MPR.
+    page.evaluate("window.commandsManager.run('toggleHangingProtocol', {protocolId: 'mpr'})")
+
+    def shown_on_three() -> list[str]:
+        ids: list[str] = page.evaluate(
+            """(id) => {
+              const { viewportGridService, segmentationService } = window.services;
+              const ids = [...viewportGridService.getState().viewports.keys()];
+              return ids.length === 3 && ids.every(v => segmentationService
+                .getSegmentationRepresentations(v).some(r => r.segmentationId === id))
+                ? ids : [];
+            }""",
+            segmentation_id,
+        )
+        return ids
+
+    wait_for(shown_on_three, 120, 0.5, "MPR's three viewports, each with the segmentation")
+    views = page.locator(".cornerstone-viewport-element")
+    expect(views).to_have_count(3, timeout=WAIT_MS)
+    for i in range(3):
+        view = views.nth(i)
+        wait_for(
+            lambda view=view: (shot := _screenshot(view)) is not None and _red(shot) >= 100,
+            60,
+            0.5,
+            f"the segmentation drawn on MPR viewport {i}",
+        )
+    snapshot(page, "mpr")
+
+    # A background click near the sphere's edge, in the axial view, cuts the same segmentation.
+    wait_for(
+        lambda: page.evaluate("window.ainodeOhif.viewport.type") != "stack",
+        60,
+        0.5,
+        "the panel to follow the MPR viewport",
+    )
+    edge = _click_target(page, geometry, z, row, col + 0.6 * sphere.radius_mm)
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as corrected:
+        page.keyboard.down("Shift")
+        page.mouse.click(edge["x"], edge["y"])
+        page.keyboard.up("Shift")
+    assert corrected.value.ok, corrected.value.text()
+    sent = corrected.value.request.post_data_json
+    assert sent is not None and [p["label"] for p in sent["points"]] == [1, 0]
+    assert sent["points"][1]["z"] == z
+    smaller = _labelmap_shows(
+        page, segmentation_id, geometry, _decode(corrected.value.json()["mask"])
+    )
+    assert smaller.sum() < labelmap.sum()
+    snapshot(page, "mpr-corrected")
