@@ -30,7 +30,7 @@ from nodeharness import Node, start_node, wait_for, write_rules
 from numpy.typing import NDArray
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Response, expect
 
 from ainode.node.orthanc_config import ohif_installed
 from ainode.phantoms import SPHERE, Geometry, Phantom, SeriesIds, Sphere, make_phantom, write_series
@@ -206,6 +206,16 @@ def _click_target(page: Page, geometry: Geometry, z: int, row: float, col: float
     return target
 
 
+def _background_click(page: Page, target: dict[str, Any]) -> Response:
+    """A shift-click at ``target``; gives the service's (successful) answer."""
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
+        page.keyboard.down("Shift")
+        page.mouse.click(target["x"], target["y"])
+        page.keyboard.up("Shift")
+    assert answer.value.ok, answer.value.text()
+    return answer.value
+
+
 def _open_viewer(page: Page, study: Study) -> Page:
     """OHIF on the study, its series shown, the AI panel following it, and the interactive
     service holding the series (the viewer asked for a prefetch when it opened it)."""
@@ -378,20 +388,14 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
 
     # A background click near the sphere's edge takes part of the mask away; Undo gives it back.
     edge = _click_target(page, geometry, z, centre_row, centre_col + 0.6 * sphere.radius_mm)
-    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as corrected:
-        page.keyboard.down("Shift")
-        page.mouse.click(edge["x"], edge["y"])
-        page.keyboard.up("Shift")
-    assert corrected.value.ok, corrected.value.text()
-    correction = corrected.value.request.post_data_json
+    corrected = _background_click(page, edge)
+    correction = corrected.request.post_data_json
     assert correction is not None
     labels = [p["label"] for p in correction["points"]]
     assert labels == [1, 0]
-    assert corrected.value.json()["voxels"] < first["voxels"]
+    assert corrected.json()["voxels"] < first["voxels"]
     # The same segmentation, its labelmap now the corrected mask.
-    smaller = _labelmap_shows(
-        page, segmentation_id, geometry, _decode(corrected.value.json()["mask"])
-    )
+    smaller = _labelmap_shows(page, segmentation_id, geometry, _decode(corrected.json()["mask"]))
     assert smaller.sum() < labelmap.sum()
     assert _segmentation_of(page) == segmentation_id
     snapshot(page, "corrected")
@@ -601,17 +605,12 @@ def test_the_segmentation_shows_on_every_mpr_viewport(
         0.5,
         "the panel to follow the MPR viewport",
     )
-    edge = _click_target(page, geometry, z, row, col + 0.6 * sphere.radius_mm)
-    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as corrected:
-        page.keyboard.down("Shift")
-        page.mouse.click(edge["x"], edge["y"])
-        page.keyboard.up("Shift")
-    assert corrected.value.ok, corrected.value.text()
-    sent = corrected.value.request.post_data_json
+    corrected = _background_click(
+        page, _click_target(page, geometry, z, row, col + 0.6 * sphere.radius_mm)
+    )
+    sent = corrected.request.post_data_json
     assert sent is not None and [p["label"] for p in sent["points"]] == [1, 0]
     assert sent["points"][1]["z"] == z
-    smaller = _labelmap_shows(
-        page, segmentation_id, geometry, _decode(corrected.value.json()["mask"])
-    )
+    smaller = _labelmap_shows(page, segmentation_id, geometry, _decode(corrected.json()["mask"]))
     assert smaller.sum() < labelmap.sum()
     snapshot(page, "mpr-corrected")
