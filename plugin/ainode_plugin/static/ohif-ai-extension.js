@@ -710,11 +710,12 @@ class AiPanel {
     const uid = this.series.uid;
     try {
       const answer = await call('POST', '/ai/interactive/segment', body);
+      const mask = await decodeMask(answer.mask);
       if (!this.series || this.series.uid !== uid) {
-        return;
+        return; // another series is shown now
       }
       this.session = answer.session;
-      this.mask = await decodeMask(answer.mask);
+      this.mask = mask;
       if (await this.showMask()) {
         const ms = answer.timings && answer.timings.total_ms;
         this.say(`${answer.voxels} voxels${ms !== undefined ? ` · ${Math.round(ms)} ms` : ''}`);
