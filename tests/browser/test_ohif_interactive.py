@@ -3,7 +3,9 @@
 
 A radiologist opens a phantom study in OHIF, sees its AI jobs, clicks on the sphere (at the
 screen position cornerstone gives for the sphere's known centre), corrects with a background
-click, undoes it, and accepts: the SEG the node stores matches the phantom's truth.
+click, undoes it, and accepts: the SEG the node stores matches the phantom's truth. The mask is
+an OHIF segmentation: its labelmap, read from OHIF's own segmentationService and cornerstone's
+cache (which OHIF puts on ``window`` for its own browser tests), matches the service's answer.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from nodeharness import Node, start_node, wait_for, write_rules
 from numpy.typing import NDArray
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Response, expect
 
 from ainode.node.orthanc_config import ohif_installed
 from ainode.phantoms import SPHERE, Geometry, Phantom, SeriesIds, Sphere, make_phantom, write_series
@@ -117,13 +119,21 @@ def _screenshot(locator: Locator) -> bytes | None:
         return None
 
 
+def _red(png: bytes) -> int:
+    """Pixels of the segment's colour (OHIF gives segment 1 red); the images are grey."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    return int((rgb[..., 0] - rgb[..., 1:].max(axis=-1) > 40).sum())
+
+
 def _newly_coloured(locator: Locator, before: NDArray[np.bool_], minimum: int) -> int:
+    """Coloured pixels more than ``before`` had (counts: OHIF's Segmentation panel opening
+    resizes the viewport)."""
+
     def count() -> int:
         shot = _screenshot(locator)
         if shot is None:
             return 0
-        now = _saturated(shot)
-        n = int((now & ~before).sum()) if now.shape == before.shape else 0
+        n = int(_saturated(shot).sum()) - int(before.sum())
         return n if n >= minimum else 0
 
     return int(wait_for(count, 60, 0.5, f"at least {minimum} mask-coloured pixels"))
@@ -139,8 +149,9 @@ def _dismiss_ohif_prompts(page: Page) -> None:
 
 
 def _show_slice_and_locate(page: Page, position: list[float], world: list[float]) -> dict[str, Any]:
-    """Show the image at ``position`` (ImagePositionPatient) in the active viewport and give
-    where ``world`` (patient mm) is on the screen, from cornerstone's own camera."""
+    """Show the image at ``position`` (ImagePositionPatient) in the active viewport (a stack,
+    or an MPR view in the series' plane) and give where ``world`` (patient mm) is on the
+    screen, from cornerstone's own camera."""
     located = page.evaluate(
         """([position, world]) => {
           const panel = window.ainodeOhif;
@@ -153,9 +164,19 @@ def _show_slice_and_locate(page: Page, position: list[float], world: list[float]
             return p.every((v, i) => Math.abs(v - position[i]) < 0.01);
           });
           if (index < 0) { return null; }
-          if (vp.getCurrentImageIdIndex() !== index) {
-            vp.setImageIdIndex(index);
-            return null;
+          if (vp.setImageIdIndex) {  // a stack
+            if (vp.getCurrentImageIdIndex() !== index) {
+              vp.setImageIdIndex(index);
+              return null;
+            }
+          } else {  // a volume: its slice indices are not the images' order; its camera says
+            const { focalPoint, viewPlaneNormal } = vp.getCamera();
+            const off = focalPoint.reduce(
+              (sum, f, i) => sum + (f - position[i]) * viewPlaneNormal[i], 0);
+            if (Math.abs(off) > 0.01) {
+              vp.jumpToWorld(world);
+              return null;
+            }
           }
           const [cx, cy] = vp.worldToCanvas(world);
           const rect = vp.element.getBoundingClientRect();
@@ -185,6 +206,16 @@ def _click_target(page: Page, geometry: Geometry, z: int, row: float, col: float
     return target
 
 
+def _background_click(page: Page, target: dict[str, Any]) -> Response:
+    """A shift-click at ``target``; gives the service's (successful) answer."""
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
+        page.keyboard.down("Shift")
+        page.mouse.click(target["x"], target["y"])
+        page.keyboard.up("Shift")
+    assert answer.value.ok, answer.value.text()
+    return answer.value
+
+
 def _open_viewer(page: Page, study: Study) -> Page:
     """OHIF on the study, its series shown, the AI panel following it, and the interactive
     service holding the series (the viewer asked for a prefetch when it opened it)."""
@@ -211,6 +242,69 @@ def _open_viewer(page: Page, study: Study) -> Page:
 
     wait_for(held, 60, 0.5, "the interactive service to hold the opened series")
     return page
+
+
+def _labelmap(page: Page, segmentation_id: str, geometry: Geometry) -> NDArray[np.bool_] | None:
+    """The segmentation's labelmap as OHIF holds it, in the phantom's voxel order: each labelmap
+    image goes to the phantom slice at its referenced image's position (cornerstone's metadata),
+    its pixels row by row. None while OHIF has no such segmentation."""
+    images = page.evaluate(
+        """(id) => {
+          const segmentation = window.services.segmentationService.getSegmentation(id);
+          if (!segmentation) { return null; }
+          const { cache, metaData } = window.cornerstone;
+          return segmentation.representationData.Labelmap.imageIds.map(imageId => {
+            const image = cache.getImage(imageId);
+            const plane = metaData.get('imagePlaneModule', image.referencedImageId);
+            const data = image.voxelManager.getScalarData();
+            const on = [];
+            const values = new Set();
+            for (let i = 0; i < data.length; i++) {
+              if (data[i]) { on.push(i); values.add(data[i]); }
+            }
+            return {position: plane.imagePositionPatient, rows: image.rows,
+                    columns: image.columns, on, values: [...values]};
+          });
+        }""",
+        segmentation_id,
+    )
+    if images is None:
+        return None
+    shape = geometry.shape
+    assert len(images) == shape[0], "one labelmap image per image of the series"
+    positions = np.asarray([geometry.position(z) for z in range(shape[0])], dtype=float)
+    volume = np.zeros(shape, dtype=bool)
+    seen = set()
+    for image in images:
+        assert (image["rows"], image["columns"]) == shape[1:]
+        assert set(image["values"]) <= {1}, image["values"]  # the object's one segment
+        distance = np.abs(positions - np.asarray(image["position"], dtype=float)).max(axis=1)
+        z = int(distance.argmin())
+        assert distance[z] < 0.01 and z not in seen, image["position"]
+        seen.add(z)
+        volume[z].flat[image["on"]] = True
+    return volume
+
+
+def _segmentation_of(page: Page) -> str:
+    segmentation_id = page.locator(PANEL).get_attribute("data-segmentation")
+    assert segmentation_id, "the panel names the object's segmentation"
+    return segmentation_id
+
+
+def _labelmap_shows(
+    page: Page, segmentation_id: str, geometry: Geometry, mask: NDArray[np.bool_]
+) -> NDArray[np.bool_]:
+    """Wait until OHIF's labelmap of the segmentation holds ``mask``; give it."""
+
+    def shown() -> list[NDArray[np.bool_]]:
+        labelmap = _labelmap(page, segmentation_id, geometry)
+        return [labelmap] if labelmap is not None and np.array_equal(labelmap, mask) else []
+
+    found: list[NDArray[np.bool_]] = wait_for(
+        shown, 60, 0.5, f"OHIF's labelmap to hold the service's {int(mask.sum())} voxels"
+    )
+    return found[0]
 
 
 def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
@@ -272,6 +366,20 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     expect(page.locator(PANEL)).to_have_attribute(
         "data-voxels", str(first["voxels"]), timeout=WAIT_MS
     )
+    # The mask is an OHIF segmentation of the series, shown on the viewport and listed in the
+    # Segmentation panel; its labelmap is the service's mask, and the sphere.
+    segmentation_id = _segmentation_of(page)
+    first_mask = _decode(first["mask"])
+    labelmap = _labelmap_shows(page, segmentation_id, geometry, first_mask)
+    assert dice(labelmap, truth) >= 0.9
+    shown_on = page.evaluate(
+        """(id) => [window.services.viewportGridService.getActiveViewportId(),
+                   window.services.segmentationService.getViewportIdsWithSegmentation(id),
+                   window.services.segmentationService.getSegmentation(id).label]""",
+        segmentation_id,
+    )
+    assert shown_on[0] in shown_on[1], shown_on
+    expect(page.get_by_text(shown_on[2]).first).to_be_visible(timeout=WAIT_MS)
     _newly_coloured(viewport, before, 100)
     snapshot(page, "mask")
     # The mask is 3D: it is drawn on the sphere's other slices too.
@@ -280,16 +388,16 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
 
     # A background click near the sphere's edge takes part of the mask away; Undo gives it back.
     edge = _click_target(page, geometry, z, centre_row, centre_col + 0.6 * sphere.radius_mm)
-    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as corrected:
-        page.keyboard.down("Shift")
-        page.mouse.click(edge["x"], edge["y"])
-        page.keyboard.up("Shift")
-    assert corrected.value.ok, corrected.value.text()
-    correction = corrected.value.request.post_data_json
+    corrected = _background_click(page, edge)
+    correction = corrected.request.post_data_json
     assert correction is not None
     labels = [p["label"] for p in correction["points"]]
     assert labels == [1, 0]
-    assert corrected.value.json()["voxels"] < first["voxels"]
+    assert corrected.json()["voxels"] < first["voxels"]
+    # The same segmentation, its labelmap now the corrected mask.
+    smaller = _labelmap_shows(page, segmentation_id, geometry, _decode(corrected.json()["mask"]))
+    assert smaller.sum() < labelmap.sum()
+    assert _segmentation_of(page) == segmentation_id
     snapshot(page, "corrected")
     with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as undone:
         page.locator("#ainode-ai-undo").click()
@@ -297,6 +405,7 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     expect(page.locator(PANEL)).to_have_attribute(
         "data-voxels", str(first["voxels"]), timeout=WAIT_MS
     )
+    _labelmap_shows(page, segmentation_id, geometry, first_mask)
 
     segs_listed = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG")
     expect(segs_listed).to_have_count(1, timeout=WAIT_MS)  # the pipeline's
@@ -311,6 +420,11 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
         2, timeout=WAIT_MS
     )  # the viewer loaded the new SEG into the study
     snapshot(page, "accepted")
+    segment_label = page.evaluate(
+        "(id) => window.services.segmentationService.getSegmentation(id).segments[1].label",
+        segmentation_id,
+    )
+    assert segment_label == "Sphere (OHIF)"  # the stored object keeps its segmentation
     seg_answer = accepted.value.json()["seg"]
     assert seg_answer["stored"] is True
 
@@ -353,8 +467,23 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     assert sent is not None and sent["points"] == []
     assert len(sent["boxes"]) == 1 and sent["boxes"][0]["z"] == z
     assert "session" not in sent  # a new object starts a new session
-    assert dice(_decode(boxed.value.json()["mask"]), truth) >= 0.85
+    boxed_mask = _decode(boxed.value.json()["mask"])
+    assert dice(boxed_mask, truth) >= 0.85
+    # ... and a segmentation of its own; the accepted object's stays.
+    box_segmentation = _segmentation_of(page)
+    assert box_segmentation != segmentation_id
+    _labelmap_shows(page, box_segmentation, geometry, boxed_mask)
+    assert _labelmap(page, segmentation_id, geometry) is not None
     snapshot(page, "box")
+    # An object given up without accepting it takes its segmentation with it.
+    page.locator("#ainode-ai-reset").click()
+    wait_for(
+        lambda: _labelmap(page, box_segmentation, geometry) is None,
+        60,
+        0.5,
+        "the given-up object's segmentation to go",
+    )
+    assert _labelmap(page, segmentation_id, geometry) is not None
 
     # Run AI on the displayed series by hand: a job of that pipeline, listed with the study's.
     page.locator("#ainode-ai-pipeline").select_option("demo-phantom-onnx")
@@ -410,3 +539,78 @@ def test_the_configured_sam_models_segment_from_the_ohif_panel(
             f"{result['voxels']} voxels", timeout=WAIT_MS
         )
         snapshot(page, name)
+
+
+def test_the_segmentation_shows_on_every_mpr_viewport(
+    new_page: Callable[[tuple[str, str] | None], Page],
+    study: Study,
+    snapshot: Callable[[Page, str], None],
+) -> None:
+    """The object's segmentation follows the series into OHIF's MPR layout (three volume
+    viewports): drawn on each, and a correction clicked in the axial view rewrites it."""
+    geometry = study.phantom.geometry
+    sphere = next(s for s in study.phantom.shapes if isinstance(s, Sphere))
+    z = round(sphere.centre_mm[0] / geometry.spacing[0])
+    row = sphere.centre_mm[1] / geometry.spacing[1]
+    col = sphere.centre_mm[2] / geometry.spacing[2]
+    page = _open_viewer(new_page(study.node.auth), study)
+    target = _click_target(page, geometry, z, row, col)
+    page.locator("#ainode-ai-tool").click()
+    with page.expect_response(lambda r: r.url.endswith("/ai/interactive/segment")) as answer:
+        page.mouse.click(target["x"], target["y"])
+    assert answer.value.ok, answer.value.text()
+    segmentation_id = wait_for(
+        lambda: page.locator(PANEL).get_attribute("data-segmentation"),
+        60,
+        0.5,
+        "the object's segmentation",
+    )
+    labelmap = _labelmap_shows(
+        page, segmentation_id, geometry, _decode(answer.value.json()["mask"])
+    )
+
+    # What OHIF's layout button runs for MPR.
+    page.evaluate("window.commandsManager.run('toggleHangingProtocol', {protocolId: 'mpr'})")
+
+    def shown_on_three() -> list[str]:
+        ids: list[str] = page.evaluate(
+            """(id) => {
+              const { viewportGridService, segmentationService } = window.services;
+              const ids = [...viewportGridService.getState().viewports.keys()];
+              return ids.length === 3 && ids.every(v => segmentationService
+                .getSegmentationRepresentations(v).some(r => r.segmentationId === id))
+                ? ids : [];
+            }""",
+            segmentation_id,
+        )
+        return ids
+
+    wait_for(shown_on_three, 120, 0.5, "MPR's three viewports, each with the segmentation")
+    views = page.locator(".cornerstone-viewport-element")
+    expect(views).to_have_count(3, timeout=WAIT_MS)
+    for i in range(3):
+        view = views.nth(i)
+        wait_for(
+            lambda view=view: (shot := _screenshot(view)) is not None and _red(shot) >= 100,
+            60,
+            0.5,
+            f"the segmentation drawn on MPR viewport {i}",
+        )
+    snapshot(page, "mpr")
+
+    # A background click near the sphere's edge, in the axial view, cuts the same segmentation.
+    wait_for(
+        lambda: page.evaluate("window.ainodeOhif.viewport.type") != "stack",
+        60,
+        0.5,
+        "the panel to follow the MPR viewport",
+    )
+    corrected = _background_click(
+        page, _click_target(page, geometry, z, row, col + 0.6 * sphere.radius_mm)
+    )
+    sent = corrected.request.post_data_json
+    assert sent is not None and [p["label"] for p in sent["points"]] == [1, 0]
+    assert sent["points"][1]["z"] == z
+    smaller = _labelmap_shows(page, segmentation_id, geometry, _decode(corrected.json()["mask"]))
+    assert smaller.sum() < labelmap.sum()
+    snapshot(page, "mpr-corrected")

@@ -10,9 +10,10 @@
  * What a radiologist gets, for the series shown in the active viewport:
  * - the study's AI jobs, and "Run AI" with the pipelines that can take the series;
  * - click-to-segment: while the tool is on, a click adds an object point, a shift- or
- *   ctrl-click a background point, a drag a box; the 3D mask is drawn over every slice of the
- *   series' own plane; Undo takes the last prompt back; Accept stores a DICOM-SEG
- *   (SEMIAUTOMATIC) and loads it into the study;
+ *   ctrl-click a background point, a drag a box; the 3D mask is an OHIF segmentation (a
+ *   cornerstone labelmap of the displayed series, one per object, listed in OHIF's Segmentation
+ *   panel and drawn by cornerstone on every viewport showing the series); Undo takes the last
+ *   prompt back; Accept stores a DICOM-SEG (SEMIAUTOMATIC) and loads it into the study;
  * - a model picker listing the interactive service's models (SAM 2, SAM-ONNX when configured);
  * - the series is prefetched by the service when it is opened, so the first click is quick.
  *
@@ -24,7 +25,8 @@ const ID = 'ainode-ai';
 const POLL_MS = 700;
 const JOBS_EVERY_MS = 5000;
 const DRAG_PX = 6; // a press that moves farther is a box, not a click
-const MASK_RGBA = [255, 140, 0, 120];
+const SEGMENT = 1; // the one segment of an object's labelmap
+const SEGMENTATION_PANEL = '@ohif/extension-cornerstone.panelModule.panelSegmentation';
 const RENDERED = 'CORNERSTONE_IMAGE_RENDERED';
 
 // -- talking to the node ---------------------------------------------------------------------
@@ -96,6 +98,18 @@ function seriesGeometry(imageIds, metaData) {
   };
 }
 
+/** The slice nearest a patient-space point (by position along the series' normal). */
+function nearestSlice(g, world) {
+  const along = dot(world, g.normal);
+  let best = 0;
+  g.positions.forEach((p, z) => {
+    if (Math.abs(dot(p, g.normal) - along) < Math.abs(dot(g.positions[best], g.normal) - along)) {
+      best = z;
+    }
+  });
+  return best;
+}
+
 /** Patient coordinates of voxel (column, row) on slice z. */
 function voxelToWorld(g, x, y, z) {
   const p = g.positions[z];
@@ -105,6 +119,72 @@ function voxelToWorld(g, x, y, z) {
 function worldToVoxel(g, world, z) {
   const d = sub(world, g.positions[z]);
   return { x: dot(d, g.rowCos) / g.columnSpacing, y: dot(d, g.colCos) / g.rowSpacing };
+}
+
+// -- the mask as a labelmap ------------------------------------------------------------------
+
+/** One labelmap image's pixels (row by row) from bits [base, base + data.length) of the mask
+ * (packbits, MSB first): cleared at native speed, then set only where a mask byte is not 0. */
+function writeSlice(bits, base, data) {
+  data.fill(0);
+  const n = data.length;
+  let i = 0;
+  if ((base & 7) === 0) {
+    const first = base >> 3;
+    const bytes = n >> 3;
+    for (let j = 0; j < bytes; j++) {
+      const byte = bits[first + j];
+      if (byte) {
+        for (let k = 0; k < 8; k++) {
+          if (byte & (0x80 >> k)) {
+            data[(j << 3) + k] = SEGMENT;
+          }
+        }
+      }
+    }
+    i = bytes << 3;
+  }
+  for (; i < n; i++) {
+    const bit = base + i;
+    if (bits[bit >> 3] & (0x80 >> (bit & 7))) {
+      data[i] = SEGMENT;
+    }
+  }
+}
+
+/** Write the service's mask into a segmentation's labelmap images, slice by slice.
+ *
+ * The labelmap has one image per image of the series, each naming the image it labels
+ * (`referencedImageId`); an image's slice in the mask is its rank by position along the normal,
+ * found from cornerstone's metadata, never from the images' order. Returns the labelmap
+ * slices (image indices) written. */
+function writeLabelmap(cs, segmentation, g, mask) {
+  const [depth, rows, columns] = mask.shape;
+  if (depth !== g.positions.length || rows !== g.rows || columns !== g.columns) {
+    throw new Error(`the mask (${mask.shape.join(' x ')}) is not the shape of the series shown`);
+  }
+  const labelmap = segmentation.representationData.Labelmap;
+  const size = rows * columns;
+  const modified = [];
+  labelmap.imageIds.forEach((imageId, index) => {
+    const image = cs.cache.getImage(imageId);
+    if (!image || !image.voxelManager) {
+      return;
+    }
+    let z = g.zOf.get(image.referencedImageId);
+    if (z === undefined) {
+      const plane = cs.metaData.get('imagePlaneModule', image.referencedImageId);
+      z = plane && plane.imagePositionPatient ? nearestSlice(g, plane.imagePositionPatient.map(Number)) : -1;
+    }
+    const data = image.voxelManager.getScalarData();
+    if (z < 0 || z >= depth || data.length !== size) {
+      return;
+    }
+    writeSlice(mask.bits, z * size, data);
+    image.voxelManager.setScalarData(data);
+    modified.push(index);
+  });
+  return modified;
 }
 
 // -- the extension ---------------------------------------------------------------------------
@@ -121,6 +201,9 @@ class AiPanel {
     this.session = null;
     this.prompts = [];
     this.mask = null;
+    this.segmentationId = null; // the object's OHIF segmentation, made on its first answer
+    this.accepted = false; // whether the object was stored (its segmentation then stays)
+    this.objects = 0;
     this.busy = false;
     this.pending = false;
     this.active = false;
@@ -140,9 +223,13 @@ class AiPanel {
     this.root.remove();
   }
 
-  cornerstone() {
+  libraries() {
     const entry = this.extensionManager.getModuleEntry('@ohif/extension-cornerstone.utilityModule.common');
-    return entry.exports.getCornerstoneLibraries().cornerstone;
+    return entry.exports.getCornerstoneLibraries();
+  }
+
+  cornerstone() {
+    return this.libraries().cornerstone;
   }
 
   // -- the panel's DOM ----------------------------------------------------------------------
@@ -286,7 +373,14 @@ class AiPanel {
       // the last series' object was not accepted: its session goes now, not at its expiry
       call('DELETE', `/ai/interactive/sessions/${this.session}`).catch(() => undefined);
     }
-    this.series = { uid, study: displaySet.StudyInstanceUID, orthancId: null, geometry: null };
+    this.dropObject();
+    this.series = {
+      uid,
+      study: displaySet.StudyInstanceUID,
+      displaySet: displaySet.displaySetInstanceUID,
+      orthancId: null,
+      geometry: null,
+    };
     delete this.root.dataset.series;
     this.session = null;
     this.prompts = [];
@@ -544,19 +638,6 @@ class AiPanel {
     this.segment();
   }
 
-  /** The slice nearest a patient-space point (by position along the series' normal). */
-  nearestSlice(world) {
-    const g = this.series.geometry;
-    const along = dot(world, g.normal);
-    let best = 0;
-    g.positions.forEach((p, z) => {
-      if (Math.abs(dot(p, g.normal) - along) < Math.abs(dot(g.positions[best], g.normal) - along)) {
-        best = z;
-      }
-    });
-    return best;
-  }
-
   /** The slice shown, or null when the view is not in the series' own plane (MPR). */
   currentSlice() {
     const g = this.series.geometry;
@@ -568,12 +649,12 @@ class AiPanel {
     if (Math.abs(dot(camera.viewPlaneNormal, g.normal)) < 0.999) {
       return null;
     }
-    return this.nearestSlice(camera.focalPoint);
+    return nearestSlice(g, camera.focalPoint);
   }
 
   toVoxel(canvasPoint) {
     const world = this.viewport.canvasToWorld(canvasPoint);
-    const z = this.nearestSlice(world); // any view: the click's own slice
+    const z = nearestSlice(this.series.geometry, world); // any view: the click's own slice
     const v = worldToVoxel(this.series.geometry, world, z);
     return { x: Math.round(v.x), y: Math.round(v.y), z };
   }
@@ -629,13 +710,16 @@ class AiPanel {
     const uid = this.series.uid;
     try {
       const answer = await call('POST', '/ai/interactive/segment', body);
+      const mask = await decodeMask(answer.mask);
       if (!this.series || this.series.uid !== uid) {
-        return;
+        return; // another series is shown now
       }
       this.session = answer.session;
-      this.mask = await decodeMask(answer.mask);
-      const ms = answer.timings && answer.timings.total_ms;
-      this.say(`${answer.voxels} voxels${ms !== undefined ? ` · ${Math.round(ms)} ms` : ''}`);
+      this.mask = mask;
+      if (await this.showMask()) {
+        const ms = answer.timings && answer.timings.total_ms;
+        this.say(`${answer.voxels} voxels${ms !== undefined ? ` · ${Math.round(ms)} ms` : ''}`);
+      }
       this.root.dataset.voxels = String(answer.voxels);
     } catch (error) {
       this.prompts.pop(); // a refused prompt is not kept
@@ -665,6 +749,7 @@ class AiPanel {
 
   async newObject() {
     const session = this.session;
+    this.dropObject();
     this.prompts = [];
     this.mask = null;
     this.session = null;
@@ -690,6 +775,8 @@ class AiPanel {
         store: true,
       });
       const seg = answer.seg;
+      this.accepted = true;
+      this.nameSegment();
       this.root.dataset.accepted = seg.series_instance_uid;
       this.say(`Stored as a DICOM-SEG in the study (${seg.stored ? 'new' : 'already stored'}).`);
       this.showNewSeries(seg.series_instance_uid);
@@ -722,6 +809,89 @@ class AiPanel {
     }
   }
 
+  // -- the object as an OHIF segmentation --------------------------------------------------------
+
+  /** Show the mask as the object's segmentation: made on its first answer (again, should the
+   * user have deleted it in OHIF's Segmentation panel), its labelmap rewritten on each answer.
+   * Says why when OHIF refuses; the object's session and its prompts are kept either way. */
+  async showMask() {
+    const { segmentationService } = this.services;
+    if (!this.mask || !this.series || !this.series.geometry) {
+      return false;
+    }
+    try {
+      if (!this.segmentationId || !segmentationService.getSegmentation(this.segmentationId)) {
+        this.segmentationId = await this.createSegmentation();
+      }
+      const segmentation = segmentationService.getSegmentation(this.segmentationId);
+      const modified = writeLabelmap(this.cornerstone(), segmentation, this.series.geometry, this.mask);
+      if (modified.length) {
+        // Every slice: a volume viewport's slice indices are not the labelmap images' order.
+        const { segmentation: csSegmentation } = this.libraries().cornerstoneTools;
+        csSegmentation.triggerSegmentationEvents.triggerSegmentationDataModified(this.segmentationId);
+      }
+    } catch (error) {
+      console.warn('ainode: showing the mask as a segmentation failed', error);
+      this.say(`The mask could not be shown as a segmentation: ${error.message}`, true);
+      return false;
+    }
+    this.root.dataset.segmentation = this.segmentationId;
+    return true;
+  }
+
+  /** An empty labelmap segmentation of the displayed series, with one segment, shown on every
+   * viewport that shows the series and listed in OHIF's Segmentation panel. */
+  async createSegmentation() {
+    const { segmentationService, displaySetService, viewportGridService, panelService } = this.services;
+    const displaySet = displaySetService.getDisplaySetByUID(this.series.displaySet);
+    this.objects += 1;
+    const segmentationId = `ainode-${this.cornerstone().utilities.uuidv4()}`;
+    await segmentationService.createLabelmapForDisplaySet(displaySet, {
+      segmentationId,
+      label: `AI object ${this.objects}`,
+      segments: { [SEGMENT]: { label: this.segmentLabel(), active: true } },
+    });
+    const state = viewportGridService.getState();
+    const viewports = state.viewports.entries ? [...state.viewports.entries()] : Object.entries(state.viewports);
+    for (const [viewportId, entry] of viewports) {
+      if (entry.displaySetInstanceUIDs && entry.displaySetInstanceUIDs.includes(this.series.displaySet)) {
+        try {
+          await segmentationService.addSegmentationRepresentation(viewportId, { segmentationId });
+        } catch (error) {
+          console.warn(`ainode: showing the segmentation in viewport ${viewportId} failed`, error);
+        }
+      }
+    }
+    if (panelService && panelService.getPanels('right').some(panel => panel.id === SEGMENTATION_PANEL)) {
+      panelService.activatePanel(SEGMENTATION_PANEL, true);
+    }
+    return segmentationId;
+  }
+
+  segmentLabel() {
+    return this.ui.label.value.trim() || 'Segment';
+  }
+
+  /** The segment takes the label it was stored under. */
+  nameSegment() {
+    const { segmentationService } = this.services;
+    if (this.segmentationId && segmentationService.getSegmentation(this.segmentationId)) {
+      segmentationService.setSegmentLabel(this.segmentationId, SEGMENT, this.segmentLabel());
+    }
+  }
+
+  /** The object is given up: its segmentation goes unless it was stored. */
+  dropObject() {
+    const { segmentationService } = this.services;
+    const id = this.segmentationId;
+    if (id && !this.accepted && segmentationService.getSegmentation(id)) {
+      segmentationService.remove(id);
+    }
+    this.segmentationId = null;
+    this.accepted = false;
+    delete this.root.dataset.segmentation;
+  }
+
   // -- drawing ----------------------------------------------------------------------------------
 
   draw() {
@@ -749,12 +919,9 @@ class AiPanel {
       z = null;
     }
     if (z === null) {
-      return; // the mask is drawn on the series' own plane only
+      return; // prompts are drawn on the series' own plane only
     }
     const g = this.series.geometry;
-    if (this.mask && this.mask.shape[0] === g.positions.length) {
-      this.drawMaskSlice(ctx, z, dpr);
-    }
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     for (const prompt of this.prompts) {
       if (prompt.point && prompt.point.z === z) {
@@ -779,41 +946,6 @@ class AiPanel {
       ctx.strokeRect(a[0], a[1], b[0] - a[0], b[1] - a[1]);
       ctx.setLineDash([]);
     }
-  }
-
-  drawMaskSlice(ctx, z, dpr) {
-    const g = this.series.geometry;
-    const [, rows, columns] = this.mask.shape;
-    const bits = this.mask.bits;
-    const image = new ImageData(columns, rows);
-    const base = z * rows * columns;
-    let any = false;
-    for (let i = 0; i < rows * columns; i++) {
-      const bit = base + i;
-      if (bits[bit >> 3] & (0x80 >> (bit & 7))) {
-        image.data.set(MASK_RGBA, i * 4);
-        any = true;
-      }
-    }
-    if (!any) {
-      return;
-    }
-    const slice = document.createElement('canvas');
-    slice.width = columns;
-    slice.height = rows;
-    slice.getContext('2d').putImageData(image, 0, 0);
-    // Voxel (column, row) -> canvas is affine: map the slice image through three of its corners.
-    const toCanvas = (x, y) => this.viewport.worldToCanvas(voxelToWorld(g, x, y, z));
-    const o = toCanvas(-0.5, -0.5);
-    const ex = toCanvas(0.5, -0.5);
-    const ey = toCanvas(-0.5, 0.5);
-    ctx.setTransform(
-      dpr * (ex[0] - o[0]), dpr * (ex[1] - o[1]),
-      dpr * (ey[0] - o[0]), dpr * (ey[1] - o[1]),
-      dpr * o[0], dpr * o[1],
-    );
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(slice, 0, 0);
   }
 }
 
