@@ -68,6 +68,14 @@ class StoredInstance:
     status: str  # "Success" or "AlreadyStored": storing the same instance again is harmless
 
 
+@dataclass(frozen=True)
+class RawFrame:
+    """One frame's pixel data as Orthanc stores it (``/frames/0/raw``), not decoded."""
+
+    content_type: str
+    data: bytes
+
+
 class OrthancClient:
     """The few Orthanc REST calls the worker needs, on one pooled session.
 
@@ -175,6 +183,56 @@ class OrthancClient:
             raise OrthancDataError(f"series {series_id} has no instances")
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(ids))) as pool:
             return list(pool.map(self._decoded_instance, ids))
+
+    def instances_tags(self, series_id: str) -> dict[str, dict[str, Any]]:
+        """Every instance's tags (pixel data left out), by Orthanc instance id, in one request.
+
+        Orthanc reads the tags out of the files itself: for a 200 x 512^2 CT this is about
+        0.1 s, against 0.6 s for the files and pydicom's parsing of them.
+        """
+        answer = self._request(
+            "GET",
+            f"/series/{series_id}/instances-tags?simplify",
+            missing=f"no series with Orthanc id {series_id}",
+        ).json()
+        if not isinstance(answer, dict):
+            raise OrthancDataError(f"Orthanc's tags of series {series_id} are not a JSON object")
+        return {str(k): v for k, v in answer.items() if isinstance(v, dict)}
+
+    def transfer_syntaxes(self, series_id: str) -> dict[str, str]:
+        """Each instance's stored transfer syntax, by Orthanc instance id (one request)."""
+        answer = self._request(
+            "POST",
+            "/tools/bulk-content",
+            json={"Resources": [series_id], "Level": "Instance", "Metadata": True},
+            missing=f"no series with Orthanc id {series_id}",
+        ).json()
+        return {
+            str(item["ID"]): str(item.get("Metadata", {}).get("TransferSyntax", ""))
+            for item in (answer if isinstance(answer, list) else [])
+            if isinstance(item, dict) and "ID" in item
+        }
+
+    def raw_frame(self, instance_id: str) -> RawFrame:
+        """The first frame's pixel data exactly as Orthanc holds it, not decoded.
+
+        Compressed syntaxes give the compressed bytes (whatever the content type says: a
+        JPEG-LS frame came as application/octet-stream); native ones little-endian samples,
+        big-endian files included (DCMTK swaps them when it reads the file).
+        """
+        answer = self._request(
+            "GET",
+            f"/instances/{instance_id}/frames/0/raw",
+            missing=f"instance {instance_id} vanished",
+        )
+        return RawFrame(answer.headers.get("Content-Type", ""), answer.content)
+
+    def raw_frames_parallel(self, instance_ids: list[str]) -> list[RawFrame]:
+        """:meth:`raw_frame` of each instance, ``parallel`` at a time, in the order given."""
+        if not instance_ids:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(instance_ids))) as pool:
+            return list(pool.map(self.raw_frame, instance_ids))
 
     def _decoded_instance(self, instance_id: str) -> Dataset:
         dataset = self.instance_dataset(instance_id)
