@@ -134,23 +134,26 @@ class OrthancVolumeLoader:
         try:
             syntaxes = self.client.transfer_syntaxes(series_id)
             ids = list(syntaxes)
-            if not ids or any(syntax not in _NATIVE_SYNTAXES for syntax in syntaxes.values()):
+            if not ids:
+                raise FastRouteUnavailable("Orthanc lists no instances")
+            if any(syntax not in _NATIVE_SYNTAXES for syntax in syntaxes.values()):
                 raise FastRouteUnavailable(
                     "compressed pixel data (transfer syntaxes "
                     f"{', '.join(sorted(set(syntaxes.values())))})"
                 )
             with ThreadPoolExecutor(max_workers=1) as background:
-                tags = background.submit(self.client.instances_tags, series_id)
-                frames = self.client.raw_frames_parallel(ids)
-                by_id = tags.result()
+                fetching = background.submit(self.client.raw_frames_parallel, ids)
+                by_id = self.client.instances_tags(series_id)
+                if set(by_id) != set(ids):
+                    raise FastRouteUnavailable("the series' instances changed while it was read")
+                headers = [slice_header(by_id[i]) for i in ids]  # while the frames arrive
+                frames = fetching.result()
         except OrthancError as error:  # the files' route says what it means to the client
             raise FastRouteUnavailable(f"Orthanc did not answer the fast route: {error}") from error
-        if set(by_id) != set(ids):
-            raise FastRouteUnavailable("the series' instances changed while it was read")
-        slices = [slice_dataset(by_id[i], frame) for i, frame in zip(ids, frames, strict=True)]
+        slices = [with_frame(ds, frame) for ds, frame in zip(headers, frames, strict=True)]
         volume = build_volume(slices)
-        instance_of = {str(ds.SOPInstanceUID): i for i, ds in zip(ids, slices, strict=True)}
-        ordered = [instance_of[str(ds.SOPInstanceUID)] for ds in volume.datasets]
+        instance_of = {id(ds): i for i, ds in zip(ids, slices, strict=True)}  # same objects
+        ordered = [instance_of[id(ds)] for ds in volume.datasets]
         return replace(volume, datasets=DeferredHeaders(lambda: self._headers(ordered)))
 
     def _headers(self, instance_ids: list[str]) -> list[Dataset]:
@@ -159,9 +162,12 @@ class OrthancVolumeLoader:
 
 
 def slice_dataset(tags: Mapping[str, Any], frame: RawFrame) -> Dataset:
-    """A slice as the volume builder reads it: Orthanc's values of the attributes it uses, and
-    the raw frame of a native syntax as little-endian pixel data (pydicom decodes it as it
-    does the file's)."""
+    """A slice as the volume builder reads it (:func:`slice_header` with its frame)."""
+    return with_frame(slice_header(tags), frame)
+
+
+def slice_header(tags: Mapping[str, Any]) -> Dataset:
+    """Orthanc's values of the attributes the volume builder (and pydicom's decoding) reads."""
     if any(name in tags for name in _FLOAT_PIXELS):
         raise FastRouteUnavailable("floating-point pixel data")
     ds = Dataset()
@@ -178,6 +184,12 @@ def slice_dataset(tags: Mapping[str, Any], frame: RawFrame) -> Dataset:
                 setattr(ds, keyword, value)
         except (TypeError, ValueError) as error:
             raise FastRouteUnavailable(f"{keyword} {value[:32]!r} is not valid") from error
+    return ds
+
+
+def with_frame(ds: Dataset, frame: RawFrame) -> Dataset:
+    """``ds`` with the raw frame of a native syntax as its little-endian pixel data, which
+    pydicom then decodes as it does the file's; only single frames of the declared size."""
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel or 1)
