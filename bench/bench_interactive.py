@@ -57,7 +57,11 @@ import requests
 import uvicorn
 from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig, load_models_file
-from ainode_worker.interactive.orthanc import OrthancVolumeLoader, slice_dataset
+from ainode_worker.interactive.orthanc import (
+    OrthancVolumeLoader,
+    slice_dataset,
+    slice_header,
+)
 from ainode_worker.interactive.volumes import build_volume, volume_from_datasets
 from ainode_worker.orthanc import OrthancClient
 from ainode_worker.volume import Volume
@@ -352,7 +356,6 @@ def load_routes(url: str, auth: tuple[str, str] | None, uid: str, repeats: int) 
     """
     client = OrthancClient(url, auth, timeout_s=120.0)  # the service's client: 4 at a time
     loader = OrthancVolumeLoader(client)
-    eight = OrthancClient(url, auth, timeout_s=120.0, parallel=8)
     http = requests.Session()
     http.auth = auth
     series_id = client.resolve_series(uid)
@@ -379,8 +382,19 @@ def load_routes(url: str, auth: tuple[str, str] | None, uid: str, repeats: int) 
     for dataset in parsed:
         dataset.pixel_array  # noqa: B018 - decoded, as the files' route hands them over
     tags = client.instances_tags(series_id)
-    frames = client.raw_frames_parallel(ids)
-    slices = [slice_dataset(tags[i], frame) for i, frame in zip(ids, frames, strict=True)]
+    order = client.ordered_slices(series_id)
+    values = client.series_stored_values(series_id)
+
+    def slices() -> list[pydicom.Dataset]:
+        return [slice_dataset(tags[i], values[k, ..., 0].tobytes()) for k, i in enumerate(order)]
+
+    def raw_frames(parallel: int) -> list[bytes]:
+        def one(instance: str) -> bytes:
+            return http.get(f"{url}/instances/{instance}/frames/0/raw", timeout=120).content
+
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, ids))
+
     steps = {
         "files' route (today): the whole load": lambda: loader.load_files(series_id),
         "  GET /instances/{id}/file x N, 4 at a time (bytes)": lambda: files(4),
@@ -396,18 +410,17 @@ def load_routes(url: str, auth: tuple[str, str] | None, uid: str, repeats: int) 
         "  GET /series/{id}/instances-tags (every instance's tags)": lambda: client.instances_tags(
             series_id
         ),
-        "  GET /instances/{id}/frames/0/raw x N, 4 at a time": lambda: client.raw_frames_parallel(
-            ids
+        "  GET /series/{id}/ordered-slices": lambda: client.ordered_slices(series_id),
+        "  GET /series/{id}/numpy?rescale=0 (stored values)": lambda: client.series_stored_values(
+            series_id
         ),
-        "  raw frames, 8 at a time": lambda: eight.raw_frames_parallel(ids),
-        "  slice headers from the tags": lambda: [
-            slice_dataset(tags[i], frame) for i, frame in zip(ids, frames, strict=True)
-        ],
-        "  volume builder (decode, check, stack, rescale)": lambda: build_volume(slices),
+        "  slice headers from the tags": lambda: [slice_header(tags[i]) for i in ids],
+        "  slices (tags and values) and the volume builder": lambda: build_volume(slices()),
         "candidate: GET /series/{id}/numpy?rescale=1 (rounds)": lambda: numpy_route(
             "numpy?rescale=1"
         ),
-        "candidate: GET /series/{id}/numpy?rescale=0": lambda: numpy_route("numpy?rescale=0"),
+        "candidate: GET /instances/{id}/frames/0/raw x N, 4 at a time": lambda: raw_frames(4),
+        "candidate: the same, 8 at a time": lambda: raw_frames(8),
         "candidate: GET /instances/{id}/numpy?rescale=0, 4 at a time": lambda: numpy_route(
             "numpy?rescale=0", 4
         ),

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
@@ -66,14 +68,6 @@ class StoredInstance:
     orthanc_id: str
     series_orthanc_id: str
     status: str  # "Success" or "AlreadyStored": storing the same instance again is harmless
-
-
-@dataclass(frozen=True)
-class RawFrame:
-    """One frame's pixel data as Orthanc stores it (``/frames/0/raw``), not decoded."""
-
-    content_type: str
-    data: bytes
 
 
 class OrthancClient:
@@ -213,26 +207,34 @@ class OrthancClient:
             if isinstance(item, dict) and "ID" in item
         }
 
-    def raw_frame(self, instance_id: str) -> RawFrame:
-        """The first frame's pixel data exactly as Orthanc holds it, not decoded.
+    def ordered_slices(self, series_id: str) -> list[str]:
+        """The series' instances in Orthanc's slice order, the order of :meth:`series_stored_values`
+        (one id per frame: an instance of several frames is repeated)."""
+        answer = self._request(
+            "GET", f"/series/{series_id}/ordered-slices", missing=f"no series {series_id}"
+        ).json()
+        try:
+            return [str(i) for i, _, count in answer["SlicesShort"] for _ in range(int(count))]
+        except (KeyError, TypeError, ValueError) as error:
+            raise OrthancDataError(f"Orthanc's slice order of {series_id} is unreadable") from error
 
-        Compressed syntaxes give the compressed bytes (whatever the content type says: a
-        JPEG-LS frame came as application/octet-stream); native ones little-endian samples,
-        big-endian files included (DCMTK swaps them when it reads the file).
+    def series_stored_values(self, series_id: str) -> npt.NDArray[Any]:
+        """Every frame of the series as Orthanc decodes it, ``[frame, row, column, sample]``,
+        stored values (no rescale: Orthanc rounds rescaled values to integers), in one request.
+
+        One request instead of one per instance: for a 200 x 512^2 CT 0.42 s against 0.49 s
+        for the raw frames 4 at a time and 0.48 s for the files (bench/RESULTS.md).
         """
         answer = self._request(
-            "GET",
-            f"/instances/{instance_id}/frames/0/raw",
-            missing=f"instance {instance_id} vanished",
+            "GET", f"/series/{series_id}/numpy?rescale=0", missing=f"no series {series_id}"
         )
-        return RawFrame(answer.headers.get("Content-Type", ""), answer.content)
-
-    def raw_frames_parallel(self, instance_ids: list[str]) -> list[RawFrame]:
-        """:meth:`raw_frame` of each instance, ``parallel`` at a time, in the order given."""
-        if not instance_ids:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.parallel, len(instance_ids))) as pool:
-            return list(pool.map(self.raw_frame, instance_ids))
+        try:
+            values: npt.NDArray[Any] = np.load(io.BytesIO(answer.content), allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise OrthancDataError(
+                f"Orthanc's voxels of series {series_id} are unreadable"
+            ) from error
+        return values
 
     def _decoded_instance(self, instance_id: str) -> Dataset:
         dataset = self.instance_dataset(instance_id)

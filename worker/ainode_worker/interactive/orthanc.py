@@ -2,13 +2,15 @@
 (:mod:`ainode_worker.orthanc`), and its failures told as the service's own errors.
 
 A first click waits for its series, so a series is read the fast way where that can be
-trusted: Orthanc's tags of every instance in one request and each slice's stored pixel data
-(``/frames/0/raw``, not decoded) in parallel. The node's volume builder then checks and stacks
-them exactly as it does files, so the voxels, order, geometry and refusals are the same as
-reading the files, in a third of the time (bench/RESULTS.md). The full DICOM headers, which
-only writing a SEG or a NIfTI needs, are read when first used (:class:`.volumes.DeferredHeaders`).
-Series the fast way cannot be trusted with (compressed or big-endian pixel data, multi-frame
-images, non-image objects, a series changing while read) are read from their files.
+trusted: Orthanc's tags of every instance and the whole series' stored values
+(``/series/{id}/numpy?rescale=0``, one request each; request count, not decoding, was what
+reading 200 files cost). Each slice's tags and stored values then go through the node's volume
+builder exactly as a file's do (pydicom decodes, the builder checks, sorts by position and
+rescales), so voxels, order, geometry and refusals are those of the files' route. The full
+DICOM headers, which only writing a SEG or a NIfTI needs, are read when first used
+(:class:`.volumes.DeferredHeaders`). Series the fast way cannot be trusted with (compressed
+pixel data, which two decoders may decode differently, multi-frame or non-MONOCHROME2 images,
+non-image objects, a series changing while read) are read from their files.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from ainode_worker.orthanc import (
     OrthancDataError,
     OrthancError,
     OrthancNotFound,
-    RawFrame,
 )
 from ainode_worker.volume import Volume
 
@@ -44,8 +45,8 @@ from .volumes import DeferredHeaders, build_volume, volume_from_datasets
 
 log = logging.getLogger(__name__)
 
-# Native (not encapsulated) pixel data: Orthanc's raw frame is then the samples, little-endian
-# (DCMTK swaps a big-endian file's as it reads it), as pydicom reads them out of the file.
+# Native (not encapsulated) pixel data: Orthanc's stored values are then the file's samples
+# (a big-endian file's swapped by DCMTK as it reads it), as pydicom reads them.
 _NATIVE_SYNTAXES = frozenset(
     {
         ImplicitVRLittleEndian,
@@ -117,7 +118,7 @@ class OrthancVolumeLoader:
             except FastRouteUnavailable as why:
                 log.info("series %s is read from its files: %s", series_id, why)
             else:
-                log.info("loaded series %s from Orthanc's raw frames", series_id)
+                log.info("loaded series %s from Orthanc's tags and voxels", series_id)
                 return volume
         return self.load_files(series_id)
 
@@ -129,8 +130,8 @@ class OrthancVolumeLoader:
         return volume_from_datasets(datasets)
 
     def load_fast(self, series_id: str) -> Volume:
-        """Orthanc's tags and each slice's raw frame (in parallel), stacked by the volume
-        builder; raises :class:`FastRouteUnavailable` where that cannot be trusted."""
+        """Orthanc's tags and stored values of the series, stacked by the volume builder;
+        raises :class:`FastRouteUnavailable` where that cannot be trusted."""
         try:
             syntaxes = self.client.transfer_syntaxes(series_id)
             ids = list(syntaxes)
@@ -142,17 +143,23 @@ class OrthancVolumeLoader:
                     f"{', '.join(sorted(set(syntaxes.values())))})"
                 )
             with ThreadPoolExecutor(max_workers=1) as background:
-                fetching = background.submit(self.client.raw_frames_parallel, ids)
+                fetching = background.submit(self.client.series_stored_values, series_id)
+                order = self.client.ordered_slices(series_id)
                 by_id = self.client.instances_tags(series_id)
-                if set(by_id) != set(ids):
+                if len(set(order)) != len(order):
+                    raise FastRouteUnavailable("multi-frame images")
+                if set(by_id) != set(ids) or set(order) != set(ids):
                     raise FastRouteUnavailable("the series' instances changed while it was read")
-                headers = [slice_header(by_id[i]) for i in ids]  # while the frames arrive
-                frames = fetching.result()
+                headers = {i: slice_header(by_id[i]) for i in ids}  # while the voxels arrive
+                values = fetching.result()
         except OrthancError as error:  # the files' route says what it means to the client
             raise FastRouteUnavailable(f"Orthanc did not answer the fast route: {error}") from error
-        slices = [with_frame(ds, frame) for ds, frame in zip(headers, frames, strict=True)]
+        if values.ndim != 4 or values.shape[0] != len(order) or values.shape[3] != 1:
+            raise FastRouteUnavailable(f"Orthanc's voxels have the shape {values.shape}")
+        little = values.astype(values.dtype.newbyteorder("<"), copy=False)
+        slices = [with_frame(headers[i], little[k, ..., 0].tobytes()) for k, i in enumerate(order)]
         volume = build_volume(slices)
-        instance_of = {id(ds): i for i, ds in zip(ids, slices, strict=True)}  # same objects
+        instance_of = {id(ds): i for i, ds in zip(order, slices, strict=True)}  # same objects
         ordered = [instance_of[id(ds)] for ds in volume.datasets]
         return replace(volume, datasets=DeferredHeaders(lambda: self._headers(ordered)))
 
@@ -161,7 +168,7 @@ class OrthancVolumeLoader:
             return list(pool.map(self.client.instance_dataset, instance_ids))
 
 
-def slice_dataset(tags: Mapping[str, Any], frame: RawFrame) -> Dataset:
+def slice_dataset(tags: Mapping[str, Any], frame: bytes) -> Dataset:
     """A slice as the volume builder reads it (:func:`slice_header` with its frame)."""
     return with_frame(slice_header(tags), frame)
 
@@ -187,18 +194,21 @@ def slice_header(tags: Mapping[str, Any]) -> Dataset:
     return ds
 
 
-def with_frame(ds: Dataset, frame: RawFrame) -> Dataset:
-    """``ds`` with the raw frame of a native syntax as its little-endian pixel data, which
-    pydicom then decodes as it does the file's; only single frames of the declared size."""
+def with_frame(ds: Dataset, frame: bytes) -> Dataset:
+    """``ds`` with Orthanc's stored values of a native syntax as little-endian pixel data,
+    which pydicom then decodes as it does the file's; only single greyscale frames of the
+    declared size."""
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel or 1)
         bits = int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError) as error:
         raise FastRouteUnavailable("not a single image with a known pixel format") from error
-    if frames != 1 or bits % 8 or len(frame.data) != expected * bits // 8:
+    if frames != 1 or bits % 8 or len(frame) != expected * bits // 8:
         raise FastRouteUnavailable("a multi-frame image or a frame of unexpected size")
+    if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME2":
+        raise FastRouteUnavailable("not MONOCHROME2")
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.add_new(0x7FE00010, "OB" if bits == 8 else "OW", frame.data)
+    ds.add_new(0x7FE00010, "OB" if bits == 8 else "OW", frame)
     return ds
