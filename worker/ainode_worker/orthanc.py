@@ -229,12 +229,9 @@ class OrthancClient:
             "GET", f"/series/{series_id}/numpy?rescale=0", missing=f"no series {series_id}"
         )
         try:
-            values: npt.NDArray[Any] = np.load(io.BytesIO(answer.content), allow_pickle=False)
+            return _npy_view(answer.content)
         except (ValueError, OSError) as error:
-            raise OrthancDataError(
-                f"Orthanc's voxels of series {series_id} are unreadable"
-            ) from error
-        return values
+            raise OrthancDataError(f"Orthanc's voxels of {series_id} are unreadable") from error
 
     def _decoded_instance(self, instance_id: str) -> Dataset:
         dataset = self.instance_dataset(instance_id)
@@ -296,6 +293,22 @@ class OrthancClient:
             f"({type(error).__name__}); "
             "check that it runs and that the Orthanc URL is right"
         )
+
+
+def _npy_view(content: bytes) -> npt.NDArray[Any]:
+    """A read-only array over a ``.npy`` file's bytes: ``np.load`` would copy them (100 MB for
+    a 200 x 512^2 CT, with the page faults of fresh memory)."""
+    header = io.BytesIO(content)
+    version = np.lib.format.read_magic(header)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+    if dtype.hasobject:
+        raise ValueError("a .npy of Python objects")
+    count = int(np.prod(shape))
+    flat = np.frombuffer(content, dtype=dtype, count=count, offset=header.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 @cache
