@@ -29,7 +29,7 @@ random-weight models of ``scripts/build_test_sam_models.py`` on a smaller series
 masks are meaningless but their cost per encoded and decoded slice is real.
 
 Usage: ``python bench/bench_interactive.py [--quick] [--models regiongrow,sam2,sam-onnx]
-[--threads 1] [--no-node] [--node-only] [--load-routes N]``; ``--quick`` takes fewer
+[--threads 1] [--no-node] [--node-only] [--load-routes N] [--cold N]``; ``--quick`` takes fewer
 samples, a 32x128x128 series and 256-px models for SAM.
 """
 
@@ -487,6 +487,9 @@ def main() -> None:
     parser.add_argument(
         "--node-only", action="store_true", help="skip the runs in this process (no Orthanc)"
     )
+    parser.add_argument(
+        "--cold", type=int, default=0, help="first clicks on a new series (default 5, quick 3)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -500,6 +503,8 @@ def main() -> None:
         if args.quick
         else {"cold": 5, "opens": 8, "objects": 8, "nexts": 6}
     )
+    if args.cold:
+        counts["cold"] = args.cold
     sam_counts = {"cold": 2, "opens": 2, "objects": 2, "nexts": 2} if args.quick else counts
     began = time.perf_counter()
     loader = DecodingLoader()
