@@ -3,14 +3,15 @@
 
 A first click waits for its series, so a series is read the fast way where that can be
 trusted: Orthanc's tags of every instance and the whole series' stored values
-(``/series/{id}/numpy?rescale=0``, one request each; request count, not decoding, was what
-reading 200 files cost). Each slice's tags and stored values then go through the node's volume
-builder exactly as a file's do (pydicom decodes them, dropping bits above the high bit that
-Orthanc keeps; the builder checks, sorts by position and rescales), so voxels, order, geometry and refusals are those of the files' route. The full
-DICOM headers, which only writing a SEG or a NIfTI needs, are read when first used
-(:class:`.volumes.DeferredHeaders`). Series the fast way cannot be trusted with (compressed
-pixel data, which two decoders may decode differently, multi-frame or non-MONOCHROME2 images,
-non-image objects, a series changing while read) are read from their files.
+(``/series/{id}/numpy?rescale=0``), one request each: 200 requests, not decoding, were most
+of what reading 200 files cost. Each slice's tags and stored values then go through the
+node's volume builder as a file's do (pydicom decodes them, dropping bits above the high bit
+that Orthanc keeps; the builder checks, sorts by position and rescales), so voxels, order,
+geometry and refusals are those of the files' route. The full DICOM headers, which only
+writing a SEG or a NIfTI needs, are read when first used (:class:`.volumes.DeferredHeaders`).
+Series the fast way cannot be trusted with (compressed pixel data, which two decoders may
+decode differently, multi-frame or non-MONOCHROME2 images, non-image objects, a series
+changing while read) are read from their files.
 """
 
 from __future__ import annotations
