@@ -29,8 +29,8 @@ random-weight models of ``scripts/build_test_sam_models.py`` on a smaller series
 masks are meaningless but their cost per encoded and decoded slice is real.
 
 Usage: ``python bench/bench_interactive.py [--quick] [--models regiongrow,sam2,sam-onnx]
-[--threads 1] [--no-node]``; ``--quick`` takes fewer samples, a 32x128x128 series and 256-px
-models for SAM.
+[--threads 1] [--no-node] [--node-only] [--load-routes N] [--cold N]``; ``--quick`` takes fewer
+samples, a 32x128x128 series and 256-px models for SAM.
 """
 
 from __future__ import annotations
@@ -45,16 +45,25 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import requests
 import uvicorn
 from ainode_worker.interactive import create_app
 from ainode_worker.interactive.config import InteractiveConfig, load_models_file
-from ainode_worker.interactive.volumes import volume_from_datasets
+from ainode_worker.interactive.orthanc import (
+    OrthancVolumeLoader,
+    slice_dataset,
+    slice_header,
+)
+from ainode_worker.interactive.volumes import build_volume, volume_from_datasets
+from ainode_worker.orthanc import OrthancClient
 from ainode_worker.volume import Volume
 from pydicom import Dataset
 
@@ -331,8 +340,101 @@ def _verdicts(name: str, samples: Samples) -> str:
     )
 
 
-def on_node(series: Series, how: dict[str, int]) -> dict[str, Samples]:
-    """Region growing on a real node: through the door, Orthanc's proxy and directly; memory."""
+def _p50_ms(work: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - started) * 1000.0)
+    return percentile(times, 50)
+
+
+def load_routes(url: str, auth: tuple[str, str] | None, uid: str, repeats: int) -> None:
+    """Where loading a series from Orthanc goes, step by step, and the candidate routes.
+
+    Run in this process against the node's Orthanc (no door, no service): p50 of ``repeats``.
+    """
+    client = OrthancClient(url, auth, timeout_s=120.0)  # the service's client: 4 at a time
+    loader = OrthancVolumeLoader(client)
+    http = requests.Session()
+    http.auth = auth
+    series_id = client.resolve_series(uid)
+    ids = client.instance_ids(series_id)
+
+    def files(parallel: int) -> list[bytes]:
+        def one(instance: str) -> bytes:
+            return http.get(f"{url}/instances/{instance}/file", timeout=120).content
+
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, ids))
+
+    def numpy_route(path: str, parallel: int = 1) -> object:
+        def one(name: str) -> object:
+            answer = http.get(f"{url}/{name}/{path}", timeout=120)
+            return np.load(io.BytesIO(answer.content))
+
+        names = [f"series/{series_id}"] if parallel == 1 else [f"instances/{i}" for i in ids]
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, names))
+
+    raw = files(4)
+    parsed = [pydicom.dcmread(io.BytesIO(r)) for r in raw]
+    for dataset in parsed:
+        dataset.pixel_array  # noqa: B018 - decoded, as the files' route hands them over
+    tags = client.instances_tags(series_id)
+    order = client.ordered_slices(series_id)
+    values = client.series_stored_values(series_id)
+
+    def slices() -> list[pydicom.Dataset]:
+        return [slice_dataset(tags[i], values[k, ..., 0].tobytes()) for k, i in enumerate(order)]
+
+    def raw_frames(parallel: int) -> list[bytes]:
+        def one(instance: str) -> bytes:
+            return http.get(f"{url}/instances/{instance}/frames/0/raw", timeout=120).content
+
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, ids))
+
+    steps = {
+        "files' route (today): the whole load": lambda: loader.load_files(series_id),
+        "  GET /instances/{id}/file x N, 4 at a time (bytes)": lambda: files(4),
+        "  files, 8 at a time": lambda: files(8),
+        "  pydicom: parse and decode N files": lambda: [
+            pydicom.dcmread(io.BytesIO(r)).pixel_array for r in raw
+        ],
+        "  volume builder and header copies": lambda: volume_from_datasets(parsed),
+        "fast route: the whole load": lambda: loader.load_fast(series_id),
+        "  POST /tools/bulk-content (ids, transfer syntaxes)": lambda: client.transfer_syntaxes(
+            series_id
+        ),
+        "  GET /series/{id}/instances-tags (every instance's tags)": lambda: client.instances_tags(
+            series_id
+        ),
+        "  GET /series/{id}/ordered-slices": lambda: client.ordered_slices(series_id),
+        "  GET /series/{id}/numpy?rescale=0 (stored values)": lambda: client.series_stored_values(
+            series_id
+        ),
+        "  slice headers from the tags": lambda: [slice_header(tags[i]) for i in ids],
+        "  slices (tags and values) and the volume builder": lambda: build_volume(slices()),
+        "candidate: GET /series/{id}/numpy?rescale=1 (rounds)": lambda: numpy_route(
+            "numpy?rescale=1"
+        ),
+        "candidate: GET /instances/{id}/frames/0/raw x N, 4 at a time": lambda: raw_frames(4),
+        "candidate: the same, 8 at a time": lambda: raw_frames(8),
+        "candidate: GET /instances/{id}/numpy?rescale=0, 4 at a time": lambda: numpy_route(
+            "numpy?rescale=0", 4
+        ),
+    }
+    print(f"loading the {len(ids)}-instance series from Orthanc, p50 of {repeats}, ms:")
+    for name, work in steps.items():
+        print(f"  {name:<64} {_p50_ms(work, repeats):7.0f}   load {os.getloadavg()[0]:.1f}")
+
+
+def on_node(series: Series, how: dict[str, int], routes: int = 0) -> dict[str, Samples]:
+    """Region growing on a real node: through the door, Orthanc's proxy and directly; memory.
+
+    ``routes`` > 0: first the steps of loading the series from Orthanc (:func:`load_routes`).
+    """
     results: dict[str, Samples] = {}
     with tempfile.TemporaryDirectory() as folder:
         node = start_node(Path(folder) / "node", worker_enabled=False)
@@ -341,6 +443,8 @@ def on_node(series: Series, how: dict[str, int]) -> dict[str, Samples]:
                 buffer = io.BytesIO()
                 dataset.save_as(buffer, enforce_file_format=True)
                 node.post("/instances", data=buffer.getvalue()).raise_for_status()
+            if routes:
+                load_routes(node.url, node.auth, series.ids.series_uid, routes)
             direct = node.settings.interactive_url
             proxy = requests.Session()
             proxy.auth = node.auth
@@ -373,6 +477,19 @@ def main() -> None:
     parser.add_argument("--models", default="regiongrow,sam2,sam-onnx")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch, BLAS and ORT threads")
     parser.add_argument("--no-node", action="store_true", help="skip the runs on a real node")
+    parser.add_argument(
+        "--load-routes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on the node, time each step of loading the series from Orthanc N times first",
+    )
+    parser.add_argument(
+        "--node-only", action="store_true", help="skip the runs in this process (no Orthanc)"
+    )
+    parser.add_argument(
+        "--cold", type=int, default=0, help="first clicks on a new series (default 5, quick 3)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -386,6 +503,8 @@ def main() -> None:
         if args.quick
         else {"cold": 5, "opens": 8, "objects": 8, "nexts": 6}
     )
+    if args.cold:
+        counts["cold"] = args.cold
     sam_counts = {"cold": 2, "opens": 2, "objects": 2, "nexts": 2} if args.quick else counts
     began = time.perf_counter()
     loader = DecodingLoader()
@@ -431,11 +550,11 @@ def main() -> None:
             f"new series: load / features / decode"
         )
         with Server(InteractiveConfig.model_validate(config), loader) as server:
-            for model, series, how in cases:
+            for model, series, how in [] if args.node_only else cases:
                 samples = measure(server.url, model, series, server.url, **how)
                 results[model] = samples
                 print(_row(model, series, samples), flush=True)
-            if large is not None:
+            if large is not None and not args.node_only:
                 before, after, held = memory(server.url, large, os.getpid())
                 print(
                     f"this process's resident memory: {before:.0f} MiB with no series, "
@@ -443,7 +562,7 @@ def main() -> None:
                     flush=True,
                 )
     if large is not None and not args.no_node:
-        results.update(on_node(large, counts))
+        results.update(on_node(large, counts, args.load_routes))
     for name in [n for n in results if n == "regiongrow" or n.startswith("node")]:
         print(_verdicts(name, results[name]))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
@@ -176,6 +178,61 @@ class OrthancClient:
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(ids))) as pool:
             return list(pool.map(self._decoded_instance, ids))
 
+    def instances_tags(self, series_id: str) -> dict[str, dict[str, Any]]:
+        """Every instance's tags (pixel data left out), by Orthanc instance id, in one request.
+
+        Orthanc reads the tags out of the files itself: for a 200 x 512^2 CT this is about
+        0.1 s, against 0.6 s for the files and pydicom's parsing of them.
+        """
+        answer = self._request(
+            "GET",
+            f"/series/{series_id}/instances-tags?simplify",
+            missing=f"no series with Orthanc id {series_id}",
+        ).json()
+        if not isinstance(answer, dict):
+            raise OrthancDataError(f"Orthanc's tags of series {series_id} are not a JSON object")
+        return {str(k): v for k, v in answer.items() if isinstance(v, dict)}
+
+    def transfer_syntaxes(self, series_id: str) -> dict[str, str]:
+        """Each instance's stored transfer syntax, by Orthanc instance id (one request)."""
+        answer = self._request(
+            "POST",
+            "/tools/bulk-content",
+            json={"Resources": [series_id], "Level": "Instance", "Metadata": True},
+            missing=f"no series with Orthanc id {series_id}",
+        ).json()
+        return {
+            str(item["ID"]): str(item.get("Metadata", {}).get("TransferSyntax", ""))
+            for item in (answer if isinstance(answer, list) else [])
+            if isinstance(item, dict) and "ID" in item
+        }
+
+    def ordered_slices(self, series_id: str) -> list[str]:
+        """The series' instances in Orthanc's slice order, the order of :meth:`series_stored_values`
+        (one id per frame: an instance of several frames is repeated)."""
+        answer = self._request(
+            "GET", f"/series/{series_id}/ordered-slices", missing=f"no series {series_id}"
+        ).json()
+        try:
+            return [str(i) for i, _, count in answer["SlicesShort"] for _ in range(int(count))]
+        except (KeyError, TypeError, ValueError) as error:
+            raise OrthancDataError(f"Orthanc's slice order of {series_id} is unreadable") from error
+
+    def series_stored_values(self, series_id: str) -> npt.NDArray[Any]:
+        """Every frame of the series as Orthanc decodes it, ``[frame, row, column, sample]``,
+        stored values (no rescale: Orthanc rounds rescaled values to integers), in one request.
+
+        One request instead of one per instance: for a 200 x 512^2 CT 0.42 s against 0.49 s
+        for the raw frames 4 at a time and 0.48 s for the files (bench/RESULTS.md).
+        """
+        answer = self._request(
+            "GET", f"/series/{series_id}/numpy?rescale=0", missing=f"no series {series_id}"
+        )
+        try:
+            return _npy_view(answer.content)
+        except (ValueError, OSError) as error:
+            raise OrthancDataError(f"Orthanc's voxels of {series_id} are unreadable") from error
+
     def _decoded_instance(self, instance_id: str) -> Dataset:
         dataset = self.instance_dataset(instance_id)
         with contextlib.suppress(Exception):  # undecodable: the volume builder says why
@@ -236,6 +293,22 @@ class OrthancClient:
             f"({type(error).__name__}); "
             "check that it runs and that the Orthanc URL is right"
         )
+
+
+def _npy_view(content: bytes) -> npt.NDArray[Any]:
+    """A read-only array over a ``.npy`` file's bytes: ``np.load`` would copy them (100 MB for
+    a 200 x 512^2 CT, with the page faults of fresh memory)."""
+    header = io.BytesIO(content)
+    version = np.lib.format.read_magic(header)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+    if dtype.hasobject:
+        raise ValueError("a .npy of Python objects")
+    count = int(np.prod(shape))
+    flat = np.frombuffer(content, dtype=dtype, count=count, offset=header.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 @cache

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, overload
 
 from pydicom import Dataset
 
@@ -52,14 +52,58 @@ class InMemoryVolumeLoader:
         return volume
 
 
+def build_volume(datasets: Iterable[Dataset]) -> Volume:
+    """The node's volume builder, its refusals told as the service's error (HTTP 422)."""
+    try:
+        return _build_volume(datasets)
+    except VolumeError as error:
+        raise VolumeUnusableError(f"the series is not a usable 3D volume: {error}") from error
+
+
 def volume_from_datasets(datasets: Iterable[Dataset]) -> Volume:
     """The node's volume reader, with the pixel data dropped from the kept headers.
 
     A session keeps its volume for as long as the user works on it, so the decoded voxels
     should not be held twice (array and datasets); the headers are all a SEG writer needs.
     """
-    try:
-        volume = _build_volume(datasets)
-    except VolumeError as error:
-        raise VolumeUnusableError(f"the series is not a usable 3D volume: {error}") from error
+    volume = build_volume(datasets)
     return replace(volume, datasets=source_headers(volume.datasets))
+
+
+class DeferredHeaders(Sequence[Dataset]):
+    """A volume's slice headers (pixel data dropped), in slice order, read on first use.
+
+    A click needs only the voxels; writing a SEG or a NIfTI needs the headers. ``read``
+    returns the slices' datasets in the volume's slice order; it runs once, under a lock,
+    and a failure is raised to the user that needed the headers (the next use tries again).
+    """
+
+    def __init__(self, read: Callable[[], Sequence[Dataset]]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._headers: list[Dataset] | None = None
+
+    def _loaded(self) -> list[Dataset]:
+        with self._lock:
+            if self._headers is None:
+                self._headers = source_headers(self._read())
+            return self._headers
+
+    @property
+    def loaded(self) -> bool:
+        return self._headers is not None
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    @overload
+    def __getitem__(self, index: int) -> Dataset: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Dataset]: ...
+
+    def __getitem__(self, index: int | slice) -> Dataset | list[Dataset]:
+        return self._loaded()[index]
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return iter(self._loaded())

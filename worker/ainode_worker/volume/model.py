@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,7 +28,7 @@ class Volume:
     column_direction: Vector
     series_uid: str
     frame_of_reference_uid: str
-    datasets: list[Dataset] = field(default_factory=list, repr=False)
+    datasets: Sequence[Dataset] = field(default_factory=list, repr=False)  # may be read lazily
     modality: str = ""
 
     @property
