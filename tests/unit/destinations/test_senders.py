@@ -161,6 +161,15 @@ def test_cstore_refusals_are_not_retriable(
         make_sender(Destination(kind=DestinationKind.DICOM, name="gone"), settings)
 
 
+def test_wrong_called_aet_is_a_rejection_every_time(orthanc: OrthancServer) -> None:
+    """Orthanc rejects at once; pynetdicom alone reported some of these as aborts (retried)."""
+    peer = RemoteModality(aet="NOT-ORTHANC", host="127.0.0.1", port=orthanc.dicom_port)
+    contexts = [build_context(pydicom.uid.SegmentationStorage)]
+    for _ in range(40):  # the race showed in about 1 request of 15
+        assoc = open_association(peer, "AINODETEST", contexts)
+        assert assoc.is_rejected and not assoc.is_established
+
+
 def test_cstore_to_nothing_is_retriable(result_files: list[Path], tmp_path: Path) -> None:
     modality = RemoteModality(aet="PACS", host="127.0.0.1", port=free_port())
     settings = settings_for(tmp_path, modalities={"pacs": modality})
