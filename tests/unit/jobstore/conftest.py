@@ -1,4 +1,4 @@
-"""Fixtures for the job-store and dispatcher tests: a clock, a store, a real redis-server."""
+"""Fixtures for the job-store and dispatcher tests: a clock and a store."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from ainode_plugin.jobstore import JobStore
-from jobstore_helpers import Clock, RedisServer
-from nodeharness import free_port
+from jobstore_helpers import Clock
 
 
 @pytest.fixture
@@ -20,20 +19,3 @@ def clock() -> Clock:
 def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
     with JobStore(tmp_path / "jobs.sqlite3", clock=clock) as job_store:
         yield job_store
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """Started; tests may stop and start it again."""
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def stopped_redis_server() -> Iterator[RedisServer]:
-    """A port where a redis-server is not (yet) running."""
-    server = RedisServer(free_port())
-    yield server
-    server.stop()
