@@ -5,7 +5,8 @@ Jobs are held by the test gate (``job_test_gate_dir``, tests/jobgate.py): while
 ``<gate>/hold-<step>`` exists, the worker waits in that step (inference, store), after writing
 ``<step>-<pid>.json`` with the job and attempt it holds. The test decides when inference may go
 on; nothing depends on how fast the machine is. One supervised node for the module (parts that
-die are restarted), with the default lease (heartbeat 5 s, deadline 30 s) and a quick sweep.
+die are restarted), with a short lease (heartbeat 2 s, deadline 10 s; the defaults are 5 s and
+30 s) and a quick sweep.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 RUN_TIMEOUT_S = 240.0
 LEASE_LIMIT_S = 60.0  # no job may stay running this long without a live worker holding it
+# A dead worker's job comes back after the deadline: three kills cost 3 deadlines, not 90 s.
+SHORT_LEASE = {"job_heartbeat_s": 2.0, "job_running_deadline_s": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, gate: Path) -> Iterator[Node]
         dispatch_sweep_s=1.0,
         job_max_attempts=5,
         job_test_gate_dir=gate,
+        **SHORT_LEASE,
     )
     yield started
     release_all(gate)
@@ -190,6 +194,7 @@ def test_a_cancel_the_broker_cannot_carry_still_ends_the_attempt(tmp_path: Path)
         routing_rules=write_rules(tmp_path / "rules.yaml", ONNX_RULES),
         dispatch_sweep_s=1.0,
         job_test_gate_dir=gate,
+        **SHORT_LEASE,
     )
     try:
         ids, job = push(node, tmp_path, seed=48)
