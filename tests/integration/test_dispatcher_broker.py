@@ -20,10 +20,12 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery_probe_tasks import probe_app
 from nodeharness import free_port
-from unit.jobstore.jobstore_helpers import Clock, decide, series_facts
+from unit.jobstore.jobstore_helpers import Clock, clock, decide, series_facts, store
 
 from ainode.jobs import JobRequest, JobState, JobUpdate
 from ainode.routing import all_queue_names
+
+__all__ = ["clock", "store"]  # fixtures shared with tests/unit/jobstore
 
 
 class RedisServer:
@@ -62,17 +64,6 @@ class RedisServer:
 
     def queue_length(self, queue: str) -> int:
         return int(redis.Redis(port=self.port).llen(queue))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
-    with JobStore(tmp_path / "jobs.sqlite3", clock=clock) as job_store:
-        yield job_store
 
 
 @pytest.fixture

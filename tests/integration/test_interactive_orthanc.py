@@ -1,15 +1,10 @@
 """The interactive service against a real Orthanc: series loaded by UID or Orthanc id; accepted
-masks stored as SEG. Orthanc is Debian's binary started on a free port with an empty storage."""
+masks stored as SEG."""
 
 from __future__ import annotations
 
 import io
-import json
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -21,6 +16,7 @@ from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
 from ainode_worker.orthanc import OrthancClient
 from ainode_worker.volume import volume_from_datasets
+from dicompeers import PASSWORD, USER, start_orthanc, stop
 from fastapi.testclient import TestClient
 from nodeharness import free_port
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
@@ -34,55 +30,16 @@ from unit.interactive.helpers import (
 
 from ainode.phantoms import Geometry
 
-ORTHANC = Path("/usr/sbin/Orthanc")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    if not ORTHANC.exists():
-        pytest.fail(f"{ORTHANC} is missing; install Debian's orthanc package")
-    folder = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    config = {
-        "Name": "INTERACTIVE-TEST",
-        "HttpPort": port,
-        "DicomServerEnabled": False,
-        "DicomPort": free_port(),
-        "StorageDirectory": str(folder / "db"),
-        "IndexDirectory": str(folder / "db"),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {"tester": "secret"},
-        # The service reads a series in one WADO-RS request (DICOMweb plugin).
-        "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("w")
-    process = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=log)
-    server = OrthancServer(f"http://127.0.0.1:{port}", ("tester", "secret"))
+    """Debian's Orthanc with DICOMweb (the service reads a series in one WADO-RS request),
+    authentication on, an empty storage, free ports."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"{server.url}/system", auth=server.auth, timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not start; see {folder / 'orthanc.log'}")
-            time.sleep(0.05)
-        yield server
+        yield OrthancServer(server.url, (USER, PASSWORD))
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        shutil.rmtree(folder / "db", ignore_errors=True)
+        stop(server.process)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,20 @@
-"""Helpers for the job-store and dispatcher tests: a clock, series facts, decisions, Redis."""
+"""Helpers for the job-store and dispatcher tests: a clock, a store, series facts, decisions.
+
+The ``clock`` and ``store`` fixtures are here, not in a conftest, so that the tests in
+``tests/integration/test_dispatcher_broker.py`` import the same ones.
+"""
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import MappingProxyType
 
+import pytest
 from ainode_plugin.facts import SeriesFacts, content_fingerprint
+from ainode_plugin.jobstore import JobStore
 
 from ainode.routing import Decision, RuleSet, normalize_attributes, parse_rules
 
@@ -80,3 +88,14 @@ def series_facts(
 
 def decide(facts: SeriesFacts, rules: RuleSet = RULES) -> list[Decision]:
     return rules.evaluate(facts)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
+    with JobStore(tmp_path / "jobs.sqlite3", clock=clock) as job_store:
+        yield job_store
