@@ -16,19 +16,24 @@ up: setup
 	$(VENV)/bin/ainode up
 
 ## Install what is missing, check style and types, then run the whole test suite.
-## TEST_WORKERS=3 runs it in 3 processes (pytest-xdist), each running whole test files
+## It runs in TEST_WORKERS processes (pytest-xdist), each running whole test files
 ## (--dist loadfile), so a file's shared node is started once; every process takes its ports
-## from a block of its own (tests/nodeharness.py free_port). Measured on 2 cores: 11 min 33 s
-## with 3 processes, about twice that in one. The default is one process (CI): in parallel runs
-## at 4 processes on a loaded machine, one test in a few (a C-STORE answer or an association
-## rejection arriving late) failed, so parallel stays opt-in until those are understood.
-TEST_WORKERS ?= 0
+## from a block of its own (tests/nodeharness.py free_port). 3 is the default: on these 2 cores
+## it was the fastest measured that stayed green (one process: about twice as long; 4 processes
+## failed a test in a few runs, from two races in pynetdicom under load: a rejection read as an
+## abort, fixed in the C-STORE sender; a C-STORE answer taken by the association's own
+## reactor). TEST_WORKERS=0 runs everything in this one process.
+## Files go out in collection order (--no-loadscope-reorder; xdist would otherwise send the files
+## with most tests first): tests/conftest.py puts the files with a test marked slow first, then
+## browser and integration before unit, so short unit files fill the end of the run.
+TEST_WORKERS ?= 3
 ## In parallel, math libraries one thread per process (the test processes and the nodes'
 ## workers): with more processes than cores their thread pools spin against each other (seen:
 ## 3x slower inference).
 test: setup-test lint
 	$(if $(filter-out 0,$(TEST_WORKERS)),OMP_NUM_THREADS=1 )$(VENV)/bin/python -m pytest \
-		-p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
+		-p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=20 $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -20,10 +20,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = item.path.relative_to(TESTS).parts[0]
         for mark in FOLDER_MARKS.get(folder, ()):
             item.add_marker(mark)
-    # Files with a test marked slow first (whole files, in their order): with `make test`'s
-    # parallel workers, a long file started last would be the run's tail.
+    # Whole files, in their order: those with a test marked slow first, then those that start
+    # nodes, then tests/unit. With `make test`'s parallel workers (files handed out in this
+    # order, --no-loadscope-reorder) a long file started last would be the run's tail; short
+    # unit files fill it instead.
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    items.sort(
+        key=lambda item: (
+            item.path not in slow_files,
+            item.get_closest_marker("integration") is None,
+        )
+    )
 
 
 @pytest.fixture(scope="session")

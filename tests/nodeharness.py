@@ -307,7 +307,8 @@ class Node:
 
     def stop(self) -> None:
         if self.watcher is None:
-            self.supervisor.stop()
+            _stop_together([s for s in self.supervisor.services if s.name in LATE])
+            self.supervisor.stop()  # the rest in the supervisor's order; stopped parts are skipped
             return
         self.supervisor.request_stop()  # the watch loop stops the parts, then returns
         self.watcher.join(180)
@@ -320,7 +321,11 @@ def start_node(data_dir: Path, *, supervised: bool = False, **overrides: Any) ->
     settings = node_settings(data_dir, **overrides)
     supervisor = Supervisor(settings)
     supervisor.prepare()
-    supervisor.start()
+    try:
+        _start_together(supervisor)
+    except BaseException:
+        supervisor.stop()
+        raise
     watcher = None
     if supervised:
         watcher = threading.Thread(
@@ -328,6 +333,33 @@ def start_node(data_dir: Path, *, supervised: bool = False, **overrides: Any) ->
         )
         watcher.start()
     return Node(settings, supervisor, watcher)
+
+
+# The parts that need only Redis and Orthanc: a test node starts them together and stops them
+# together (``ainode up`` goes one by one), which saves ~10 s a start and ~5 s a stop, most of
+# it the two Celery workers' imports and warm shutdowns.
+LATE = frozenset({"worker", "delivery", "interactive", "door"})
+
+
+def _start_together(supervisor: Supervisor) -> None:
+    """Start the parts as ``Supervisor.start`` does, but the ``LATE`` ones all at once."""
+    late = [s for s in supervisor.services if s.name in LATE]
+    for service in supervisor.services:
+        if service.name not in LATE:
+            service.start()
+            service.wait_ready()
+    for service in late:
+        service.start()
+    for service in late:
+        service.wait_ready()
+
+
+def _stop_together(services: list[ManagedProcess]) -> None:
+    stoppers = [threading.Thread(target=service.stop) for service in services]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join()
 
 
 def wait_for(

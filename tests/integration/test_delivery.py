@@ -9,7 +9,6 @@ test's own, with nothing listening there at first (a dead PACS). Nothing depends
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from typing import Any
 
 import pydicom
 import pytest
+from dicompeers import start_storescp, stop
+from jobgate import held, holding, release_all
 from nodeharness import (
     ONNX_RULES,
     Node,
@@ -27,7 +28,6 @@ from nodeharness import (
     write_phantom,
     write_rules,
 )
-from unit.destinations.peers import start_storescp, stop
 
 from ainode.phantoms import SeriesIds
 
@@ -59,30 +59,18 @@ def node(tmp_path_factory: pytest.TempPathFactory, gate: Path, pacs_port: int) -
         job_test_gate_dir=gate,
     )
     yield started
-    for hold in gate.glob("hold-*"):
-        hold.unlink()
+    release_all(gate)
     started.stop()
 
 
 @pytest.fixture
 def hold_store(gate: Path) -> Iterator[Path]:
-    for marker in gate.glob("*.json"):
-        marker.unlink()
-    (gate / "hold-store").touch()
-    yield gate / "hold-store"
-    (gate / "hold-store").unlink(missing_ok=True)
+    yield from holding(gate, "store")
 
 
 def delivering(gate: Path, job_id: str) -> dict[str, Any] | None:
     """The delivery process holding ``job_id`` at the gate, if any."""
-    for marker in sorted(gate.glob("store-*.json")):
-        try:
-            found = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):  # being written
-            continue
-        if found["job_id"] == job_id:
-            return {**found, "pid": int(marker.stem.removeprefix("store-"))}
-    return None
+    return held(gate, job_id, step="store")
 
 
 def push(node: Node, tmp_path: Path, seed: int) -> tuple[SeriesIds, dict[str, Any]]:

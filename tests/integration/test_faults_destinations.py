@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicompeers import start_storescp, stop
 from nodeharness import ONNX_RULES, free_port, start_node, write_phantom, write_rules
-from unit.destinations.peers import start_storescp, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

@@ -1,16 +1,16 @@
 """The worker killed, cancelled and cut off mid-job: cancel stops, retry runs, a dead worker's
 job comes back, and every study ends with exactly one set of results.
 
-Jobs are held by the test gate (``job_test_gate_dir``): while ``<gate>/hold-<step>`` exists,
-the worker waits in that step (inference, store), after writing ``<step>-<pid>.json`` with the
-job and attempt it holds. The test decides when inference may go on; nothing depends on how fast the
-machine is. One supervised node for the module (parts that die are restarted), with the
-default lease (heartbeat 5 s, deadline 30 s) and a quick sweep.
+Jobs are held by the test gate (``job_test_gate_dir``, tests/jobgate.py): while
+``<gate>/hold-<step>`` exists, the worker waits in that step (inference, store), after writing
+``<step>-<pid>.json`` with the job and attempt it holds. The test decides when inference may go
+on; nothing depends on how fast the machine is. One supervised node for the module (parts that
+die are restarted), with a short lease (heartbeat 2 s, deadline 10 s; the defaults are 5 s and
+30 s) and a quick sweep.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import requests
+from jobgate import held, holding, release_all
 from nodeharness import (
     ONNX_RULES,
     Node,
@@ -40,6 +41,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 RUN_TIMEOUT_S = 240.0
 LEASE_LIMIT_S = 60.0  # no job may stay running this long without a live worker holding it
+# A dead worker's job comes back after the deadline: three kills cost 3 deadlines, not 90 s.
+SHORT_LEASE = {"job_heartbeat_s": 2.0, "job_running_deadline_s": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +60,11 @@ def node(tmp_path_factory: pytest.TempPathFactory, gate: Path) -> Iterator[Node]
         dispatch_sweep_s=1.0,
         job_max_attempts=5,
         job_test_gate_dir=gate,
+        **SHORT_LEASE,
     )
     yield started
-    for hold in gate.glob("hold-*"):
-        hold.unlink()
+    release_all(gate)
     started.stop()
-
-
-def holding(gate: Path, step: str) -> Iterator[Path]:
-    for marker in gate.glob("*.json"):
-        marker.unlink()
-    (gate / f"hold-{step}").touch()
-    yield gate / f"hold-{step}"
-    (gate / f"hold-{step}").unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -82,18 +77,6 @@ def hold(gate: Path) -> Iterator[Path]:
 def hold_store(gate: Path) -> Iterator[Path]:
     """Storing the results waits while this fixture is active (or until the test removes it)."""
     yield from holding(gate, "store")
-
-
-def held(gate: Path, job_id: str, seen: set[str], step: str = "inference") -> dict[str, Any] | None:
-    """A process in ``step`` of ``job_id``, holding an attempt not in ``seen``."""
-    for marker in sorted(gate.glob(f"{step}-*.json")):
-        try:
-            found = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):  # being written
-            continue
-        if found["job_id"] == job_id and found["attempt"] not in seen:
-            return {**found, "pid": int(marker.stem.removeprefix(f"{step}-"))}
-    return None
 
 
 def ended(pid: int) -> bool:
@@ -211,6 +194,7 @@ def test_a_cancel_the_broker_cannot_carry_still_ends_the_attempt(tmp_path: Path)
         routing_rules=write_rules(tmp_path / "rules.yaml", ONNX_RULES),
         dispatch_sweep_s=1.0,
         job_test_gate_dir=gate,
+        **SHORT_LEASE,
     )
     try:
         ids, job = push(node, tmp_path, seed=48)

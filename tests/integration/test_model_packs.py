@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,14 @@ RUN_TIMEOUT_S = 300.0
 EXPORT_ARGS = ("-c", "3d_fullres", "-f", "0")
 ENDED = ("done", "failed")
 BUILD_ONNX = REPO_ROOT / "scripts" / "build_test_onnx_model.py"
+# What `ainode models add` says it recognised, per model id (one pack of each kind).
+RECOGNISED = {
+    "phantoms": "phantoms: nnunet, 2 label(s)",
+    "exported": "exported: nnunet, 2 label(s)",
+    "totalseg-total": "totalsegmentator task total, 2 label(s)",
+    "totalseg-total-fast": "totalsegmentator task total_fast, 2 label(s)",
+    "objects": "objects: onnx, 1 label(s)",
+}
 
 
 def _nnunet_results(root: Path, dataset: str, labels: dict[str, int] | None = None) -> Path:
@@ -91,30 +99,35 @@ def _cli(node: Node, *args: str, timeout_s: float = 600) -> subprocess.Completed
     )
 
 
-@pytest.fixture(scope="module")
-def packs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    """``ainode models add`` arguments per model id."""
-    work = tmp_path_factory.mktemp("packs")
-    plain = work / "results"
-    _nnunet_results(plain, "Dataset901_Phantoms")
-    exported_root = work / "export-results"
-    _nnunet_results(exported_root, "Dataset902_Exported")
-    exported = work / "exported.zip"
-    subprocess.run(
-        ["nnUNetv2_export_model_to_zip", "-d", "902", "-o", str(exported), *EXPORT_ARGS],
-        env={**os.environ, "nnUNet_results": str(exported_root)},
-        check=True,
-        capture_output=True,
-        timeout=300,
-        executable=str(Path(sys.executable).parent / "nnUNetv2_export_model_to_zip"),
-    )
-    total = work / "totalseg" / "nnunet" / "results"
-    for dataset in totalsegmentator_tasks()["total"]:
-        _nnunet_results(total, dataset)
-    fast_dir = work / "fast"
-    (fast_name,) = totalsegmentator_tasks()["total_fast"]
-    _nnunet_results(fast_dir, fast_name, {"spleen": 1, "kidney_right": 2})
-    fast_zip = Path(shutil.make_archive(str(work / "fast"), "zip", fast_dir))
+def _build_pack(model_id: str, work: Path) -> list[str]:
+    """``ainode models add`` arguments for one model id, its pack made under ``work``."""
+    if model_id == "phantoms":
+        _nnunet_results(work / "results", "Dataset901_Phantoms")
+        return [str(work / "results")]
+    if model_id == "exported":
+        exported_root = work / "export-results"
+        _nnunet_results(exported_root, "Dataset902_Exported")
+        exported = work / "exported.zip"
+        subprocess.run(
+            ["nnUNetv2_export_model_to_zip", "-d", "902", "-o", str(exported), *EXPORT_ARGS],
+            env={**os.environ, "nnUNet_results": str(exported_root)},
+            check=True,
+            capture_output=True,
+            timeout=300,
+            executable=str(Path(sys.executable).parent / "nnUNetv2_export_model_to_zip"),
+        )
+        return [str(exported)]
+    if model_id == "totalseg-total":
+        total = work / "totalseg" / "nnunet" / "results"
+        for dataset in totalsegmentator_tasks()["total"]:
+            _nnunet_results(total, dataset)
+        return [str(work / "totalseg"), "--only", "spleen,kidney_right"]
+    if model_id == "totalseg-total-fast":
+        fast_dir = work / "fast"
+        (fast_name,) = totalsegmentator_tasks()["total_fast"]
+        _nnunet_results(fast_dir, fast_name, {"spleen": 1, "kidney_right": 2})
+        return [shutil.make_archive(str(work / "fast"), "zip", fast_dir)]
+    assert model_id == "objects", model_id
     onnx_file = work / "objects.onnx"
     subprocess.run(
         [sys.executable, str(BUILD_ONNX), "--output", str(onnx_file)],
@@ -123,13 +136,7 @@ def packs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     )
     labels = work / "labels.yaml"
     labels.write_text("1: object\n")
-    return {
-        "phantoms": [str(work / "results")],
-        "exported": [str(exported)],
-        "totalseg-total": [str(work / "totalseg"), "--only", "spleen,kidney_right"],
-        "totalseg-total-fast": [str(fast_zip)],
-        "objects": [str(onnx_file), "--labels", str(labels)],
-    }
+    return [str(onnx_file), "--labels", str(labels)]
 
 
 @pytest.fixture(scope="module")
@@ -148,29 +155,46 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 
 @pytest.fixture(scope="module")
-def installed(node: Node, packs: dict[str, list[str]]) -> dict[str, str]:
-    """Each pack added through the CLI (its output by model id), then the node restarted."""
-    outputs = {}
-    for model_id, args in packs.items():
-        done = _cli(node, "add", *args)
-        assert done.returncode == 0, done.stdout + done.stderr
-        outputs[model_id] = done.stdout
+def install(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """Make one model's pack and add it through the CLI, the first time it is asked for (so the
+    installs are spread over the tests that ask, none of them long); returns the CLI's output."""
+    work = tmp_path_factory.mktemp("packs")
+    outputs: dict[str, str] = {}
+
+    def installed_once(model_id: str) -> str:
+        if model_id not in outputs:
+            done = _cli(node, "add", *_build_pack(model_id, work))
+            assert done.returncode == 0, done.stdout + done.stderr
+            outputs[model_id] = done.stdout
+        return outputs[model_id]
+
+    return installed_once
+
+
+@pytest.fixture(scope="module")
+def installed(node: Node, install: Callable[[str], str]) -> dict[str, str]:
+    """Every pack added (its output by model id), then the node restarted to load them."""
+    outputs = {model_id: install(model_id) for model_id in RECOGNISED}
     node.restart("orthanc")
     node.restart("worker")
     return outputs
 
 
-def test_add_recognises_each_pack_runs_it_and_prints_a_rule(installed: dict[str, str]) -> None:
-    assert "phantoms: nnunet, 2 label(s)" in installed["phantoms"]
-    assert "exported: nnunet, 2 label(s)" in installed["exported"]
-    assert "totalsegmentator task total, 2 label(s)" in installed["totalseg-total"]
-    assert "totalsegmentator task total_fast, 2 label(s)" in installed["totalseg-total-fast"]
-    assert "objects: onnx, 1 label(s)" in installed["objects"]
-    for model_id, output in installed.items():
-        assert f"{model_id} loaded and ran on cpu" in output, output
-        assert f"    pipeline: {model_id}\n" in output, output
-    assert "99AINODE" in installed["objects"]  # "object" has no standard code: it says so
-    assert "99AINODE" not in installed["totalseg-total"]  # spleen and kidney_right have
+@pytest.mark.parametrize("model_id", list(RECOGNISED))
+def test_add_recognises_the_pack_runs_it_and_prints_a_rule(
+    install: Callable[[str], str], model_id: str
+) -> None:
+    output = install(model_id)
+    assert RECOGNISED[model_id] in output, output
+    assert f"{model_id} loaded and ran on cpu" in output, output
+    assert f"    pipeline: {model_id}\n" in output, output
+
+
+def test_a_label_without_a_standard_code_gets_a_private_one(
+    install: Callable[[str], str],
+) -> None:
+    assert "99AINODE" in install("objects")  # "object" has no standard code: it says so
+    assert "99AINODE" not in install("totalseg-total")  # spleen and kidney_right have
 
 
 def test_registry_entries_carry_codes_and_the_node_sees_the_models(

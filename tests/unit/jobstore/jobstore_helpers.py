@@ -1,16 +1,20 @@
-"""Helpers for the job-store and dispatcher tests: a clock, series facts, decisions, Redis."""
+"""Helpers for the job-store and dispatcher tests: a clock, a store, series facts, decisions.
+
+The ``clock`` and ``store`` fixtures are here, not in a conftest, so that the tests in
+``tests/integration/test_dispatcher_broker.py`` import the same ones.
+"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import textwrap
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import MappingProxyType
 
-import redis
+import pytest
 from ainode_plugin.facts import SeriesFacts, content_fingerprint
+from ainode_plugin.jobstore import JobStore
 
 from ainode.routing import Decision, RuleSet, normalize_attributes, parse_rules
 
@@ -86,39 +90,12 @@ def decide(facts: SeriesFacts, rules: RuleSet = RULES) -> list[Decision]:
     return rules.evaluate(facts)
 
 
-class RedisServer:
-    """A throw-away redis-server on its own port that a test can stop and start again."""
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        arguments = ["--save", "", "--appendonly", "no", "--port", str(self.port)]
-        self._process = subprocess.Popen(
-            [binary, *arguments, "--bind", "127.0.0.1"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-            self._process = None
-
-    def queue_length(self, queue: str) -> int:
-        return int(redis.Redis(port=self.port).llen(queue))
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
+    with JobStore(tmp_path / "jobs.sqlite3", clock=clock) as job_store:
+        yield job_store

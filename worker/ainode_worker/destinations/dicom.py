@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 
 from ainode.jobs import Destination, DestinationKind
@@ -115,7 +116,7 @@ def open_association(
         peer.host,
         peer.port,
         ae_title=peer.aet,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_PDU_RECV, _mark_rejected)],
     )
 
 
@@ -150,6 +151,18 @@ def _in_accepted_syntax(assoc: Association, ds: Dataset) -> Dataset:
     if transfer_syntax not in accepted and accepted & set(_UNCOMPRESSED):
         ds.decompress(generate_instance_uid=False)  # lossless: still the same instance
     return ds
+
+
+def _mark_rejected(event: evt.Event) -> None:
+    """Mark the association rejected as soon as the peer's A-ASSOCIATE-RJ arrives.
+
+    pynetdicom 3.0 can report a rejection as an abort: its reader thread closes the socket on
+    the A-ASSOCIATE-RJ, and when the requesting thread only then checks that the connection
+    opened, it finds it closed and aborts (a peer that answers at once, a loaded machine: 13
+    of 200 wrong-AET requests to a local Orthanc). A rejection is final; an abort is retried.
+    """
+    if isinstance(event.pdu, A_ASSOCIATE_RJ):
+        event.assoc.is_rejected = True
 
 
 def _no_delay(event: evt.Event) -> None:

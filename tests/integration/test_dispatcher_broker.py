@@ -3,21 +3,85 @@
 from __future__ import annotations
 
 import queue
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
 from ainode_plugin.dispatcher import Dispatcher, RetryPolicy, celery_sender
 from ainode_plugin.jobstore import DispatchState, JobStore
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery_probe_tasks import probe_app
-from jobstore_helpers import Clock, RedisServer, decide, series_facts
+from nodeharness import free_port
+from unit.jobstore.jobstore_helpers import Clock, clock, decide, series_facts, store
 
 from ainode.jobs import JobRequest, JobState, JobUpdate
 from ainode.routing import all_queue_names
+
+__all__ = ["clock", "store"]  # fixtures shared with tests/unit/jobstore
+
+
+class RedisServer:
+    """A throw-away redis-server on its own port that a test can stop and start again."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        arguments = ["--save", "", "--appendonly", "no", "--port", str(self.port)]
+        self._process = subprocess.Popen(
+            [binary, *arguments, "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def queue_length(self, queue: str) -> int:
+        return int(redis.Redis(port=self.port).llen(queue))
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """Started; tests may stop and start it again."""
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stopped_redis_server() -> Iterator[RedisServer]:
+    """A port where a redis-server is not (yet) running."""
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
+
 
 POLICY = RetryPolicy(
     max_attempts=3, queued_deadline=timedelta(minutes=10), broker_retry=timedelta(seconds=10)

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
 from ainode_worker.destinations import (
-    DestinationError,
     RetryPolicy,
     pending_statuses,
     send_to_destinations,
 )
+from dicompeers import PASSWORD, USER, OrthancServer, StoreScp, start_storescp, stop
 from nodeharness import free_port
 
 from ainode.jobs import Destination, DestinationKind
 from ainode.settings import DicomWebServer, RemoteModality, Settings
-
-from .peers import PASSWORD, USER, OrthancServer, StoreScp, start_storescp, stop
 
 POLICY = RetryPolicy(rounds=3, first_delay_s=0.5, factor=2.0)
 
@@ -117,15 +114,3 @@ def test_missing_result_files_are_an_error(orthanc: OrthancServer, tmp_path: Pat
     statuses = pending_statuses([Destination(kind=DestinationKind.ORTHANC)])
     with pytest.raises(FileNotFoundError, match="result files are gone"):
         send_to_destinations([tmp_path / "nope.dcm"], statuses, settings)
-
-
-def test_backoff_is_capped() -> None:
-    policy = RetryPolicy(rounds=10, first_delay_s=2.0, factor=3.0, max_delay_s=30.0)
-    assert [policy.delay_before(i) for i in range(5)] == [0.0, 2.0, 6.0, 18.0, 30.0]
-
-
-def test_destination_error_survives_pickling() -> None:
-    # Celery moves exceptions between processes by pickling them.
-    error = pickle.loads(pickle.dumps(DestinationError("PACS down", retriable=True)))
-    assert isinstance(error, DestinationError)
-    assert (str(error), error.retriable) == ("PACS down", True)

@@ -13,13 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 from ainode_worker.results import Provenance, export_results
+from dicompeers import OrthancServer, StoreScp, start_orthanc, start_storescp, stop
 from nodeharness import free_port
 
 from ainode.jobs import OutputKind
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, write_series
 from ainode.registry import Code, LabelSpec
-
-from .peers import OrthancServer, StoreScp, start_orthanc, start_storescp, stop
 
 OBJECT = Code(value="260787004", meaning="Physical object")
 LABELS = [

@@ -1,4 +1,4 @@
-"""Real peers for the destination tests: an Orthanc (REST + DICOMweb) and dcmtk storescp."""
+"""Real peers for tests of sending results: a bare Orthanc (REST + DICOMweb) and dcmtk storescp."""
 
 from __future__ import annotations
 
