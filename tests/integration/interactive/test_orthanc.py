@@ -4,7 +4,6 @@ masks stored as SEG."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import highdicom as hd
 import numpy as np
@@ -16,7 +15,6 @@ from ainode_worker.interactive.config import InteractiveConfig
 from ainode_worker.interactive.encoding import decode_mask
 from ainode_worker.orthanc import OrthancClient
 from ainode_worker.volume import volume_from_datasets
-from dicompeers import PASSWORD, USER, start_orthanc, stop
 from fastapi.testclient import TestClient
 from nodeharness import free_port
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
@@ -29,17 +27,6 @@ from unit.interactive.helpers import (
 )
 
 from ainode.phantoms import Geometry
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    """Debian's Orthanc with DICOMweb (the service reads a series in one WADO-RS request),
-    authentication on, an empty storage, free ports."""
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    try:
-        yield OrthancServer(server.url, (USER, PASSWORD))
-    finally:
-        stop(server.process)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ from ainode_worker.orthanc import OrthancClient
 from ainode_worker.volume import Volume
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRBigEndian, JPEGLSLossless, RLELossless
+from unit.interactive.helpers import OrthancServer, PhantomSeries, phantom_series
 
 from ainode.phantoms import Geometry
-
-from .helpers import OrthancServer, PhantomSeries, phantom_series
 
 SMALL = Geometry(shape=(12, 40, 48), spacing=(2.0, 0.7, 0.8))
 SAGITTAL = Geometry(
