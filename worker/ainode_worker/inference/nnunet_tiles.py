@@ -1,11 +1,13 @@
 """nnU-Net's predictor with its sliding-window tiles run a few at a time on the CPU.
 
-nnU-Net sends one tile per forward pass. On the CPU a forward pass of one small tile costs
-several times what a tile costs in a batch of four (the demo model's 32x64x64 tiles, one thread:
-0.38-0.93 s alone, 0.09-0.13 s each in a batch of 4 or 8, measured under load). The tiles, their
-Gaussian weights and their sum are nnU-Net's own (the network normalises each tile on its own, so
-a batch changes no tile's output); only how many go through the network at once differs. Large
-tiles (TotalSegmentator's 128³) stay one at a time, so memory stays what nnU-Net would use.
+nnU-Net sends one tile per forward pass. For one small 3D tile PyTorch leaves oneDNN aside (its
+heuristic, batch x channels x depth x height <= 20480, is made for 2D) and runs the slow
+im2col convolution: the demo model's 32x64x64 tiles cost 3x more alone than in a batch of four
+(a 315x201x201 mm phantom, 128 tiles, one thread, load 6-7: 70-86 s alone, 25-26 s in fours;
+eight or sixteen at once are no faster). The tiles, their Gaussian weights and their sum are
+nnU-Net's own (the network normalises each tile on its own, so a batch changes no tile's
+output); only how many go through the network at once differs. Large tiles (TotalSegmentator's
+128³) stay one at a time, so memory stays what nnU-Net would use; on a GPU nothing changes.
 Imports nnU-Net: load this module lazily.
 """
 
