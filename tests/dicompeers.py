@@ -1,4 +1,5 @@
-"""Real peers for tests of sending results: a bare Orthanc (REST + DICOMweb) and dcmtk storescp."""
+"""Real peers for tests of sending results: a bare Orthanc (REST + DICOMweb), dcmtk storescp and
+a pynetdicom storage peer that can leave C-STOREs unanswered."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pydicom
 from nodeharness import free_port
+from pydicom import Dataset
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -133,3 +140,52 @@ def start_storescp(folder: Path, port: int, *extra: str) -> StoreScp:
     )
     wait_for_port(port, process)
     return StoreScp(port=port, folder=folder, process=process)
+
+
+class StorageSCP:
+    """A pynetdicom storage peer on a free port; ``syntaxes`` are the transfer syntaxes it
+    accepts for each of ``sop_classes``.
+
+    Its first ``stalls`` C-STOREs get no answer until :meth:`stop` (a peer that hangs
+    mid-association, or a sender whose response went astray).
+    """
+
+    def __init__(
+        self,
+        syntaxes: list[str],
+        stalls: int = 0,
+        sop_classes: Sequence[str] = (CTImageStorage,),
+    ) -> None:
+        self.received: dict[str, Dataset] = {}
+        self.syntaxes_seen: set[str] = set()
+        self.associations = 0
+        self.release = threading.Event()
+        self._stalls = stalls
+        self._lock = threading.Lock()
+        ae = AE(ae_title="PEER")
+        for sop_class in sop_classes:
+            ae.add_supported_context(sop_class, syntaxes)
+        self.port = free_port()
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+
+    def _accepted(self, event: Event) -> None:
+        with self._lock:
+            self.associations += 1
+
+    def _store(self, event: Event) -> int:
+        with self._lock:
+            stall = self._stalls > 0
+            self._stalls = max(0, self._stalls - 1)
+        if stall:
+            self.release.wait(300)
+            return 0xA700  # too late: the sender has given up on this association
+        ds = event.dataset
+        with self._lock:
+            self.received[str(ds.SOPInstanceUID)] = ds
+            self.syntaxes_seen.add(str(event.context.transfer_syntax))
+        return 0x0000
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()

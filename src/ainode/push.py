@@ -34,6 +34,8 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from ainode.dimse import c_store_status
+
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # the DICOM limit on presentation contexts per association
@@ -239,11 +241,11 @@ def _send_one(assoc: Association, f: _File) -> tuple[bool, str]:
         status = assoc.send_c_store(dataset)
     else:
         return False, f"{f.path}: the peer accepts SOP class {f.sop_class} in no syntax"
-    code = getattr(status, "Status", None)
+    code = c_store_status(status)
+    if code is None:  # timed out, or the answer went astray
+        return False, f"{f.path}: {NO_RESPONSE}"
     if code in (0x0000, 0xB000, 0xB007, 0xB006):  # success and warnings
         return True, ""
-    if not isinstance(code, int):  # timed out, or an answer to another request
-        return False, f"{f.path}: {NO_RESPONSE}"
     return False, f"{f.path}: status 0x{code:04X}"
 
 

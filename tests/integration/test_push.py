@@ -8,17 +8,15 @@ peers are pynetdicom storage SCPs started here, each a real DICOM peer on a free
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from nodeharness import Node, free_port, start_node
-from pydicom import Dataset
+from dicompeers import StorageSCP
+from nodeharness import Node, start_node
 from pydicom.uid import (
-    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -26,8 +24,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
 
 from ainode.phantoms import Geometry, SeriesIds, make_phantom, phantom_datasets
 from ainode.push import push_paths
@@ -87,47 +83,6 @@ def test_compressed_series_arrive_as_they_are(node: Node, tmp_path: Path, name: 
         np.testing.assert_array_equal(received.pixel_array, expected)
 
 
-class StorageSCP:
-    """A storage peer on a free port; ``syntaxes`` are the transfer syntaxes it accepts.
-
-    With ``stall_first`` its first C-STORE gets no answer until :meth:`stop` (a peer that
-    hangs mid-association).
-    """
-
-    def __init__(self, syntaxes: list[str], stall_first: bool = False) -> None:
-        self.received: dict[str, Dataset] = {}
-        self.syntaxes_seen: set[str] = set()
-        self.associations = 0
-        self.release = threading.Event()
-        self._stall = stall_first
-        self._lock = threading.Lock()
-        ae = AE(ae_title="PEER")
-        ae.add_supported_context(CTImageStorage, syntaxes)
-        self.port = free_port()
-        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
-
-    def _accepted(self, event: Event) -> None:
-        with self._lock:
-            self.associations += 1
-
-    def _store(self, event: Event) -> int:
-        with self._lock:
-            stall, self._stall = self._stall, False
-        if stall:
-            self.release.wait(300)
-            return 0xA700  # too late: the sender has given up on this association
-        ds = event.dataset
-        with self._lock:
-            self.received[str(ds.SOPInstanceUID)] = ds
-            self.syntaxes_seen.add(str(event.context.transfer_syntax))
-        return 0x0000
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-
-
 @pytest.mark.parametrize("name", list(SYNTAXES))
 def test_a_peer_refusing_the_syntax_gets_the_files_decompressed(tmp_path: Path, name: str) -> None:
     pixels = write_series(tmp_path / name, SYNTAXES[name], seed=3 + len(name))
@@ -147,7 +102,7 @@ def test_a_peer_refusing_the_syntax_gets_the_files_decompressed(tmp_path: Path, 
 
 def test_a_stalled_association_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
     pixels = write_series(tmp_path / "series", ExplicitVRLittleEndian, seed=9)
-    peer = StorageSCP([ExplicitVRLittleEndian], stall_first=True)
+    peer = StorageSCP([ExplicitVRLittleEndian], stalls=1)
     try:
         report = push_paths(
             [tmp_path / "series"],

@@ -9,12 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 from ainode_worker.destinations import DestinationError, make_sender
-from ainode_worker.destinations.dicom import open_association
+from ainode_worker.destinations.dicom import DicomSender, open_association
 from dicompeers import (
     ORTHANC_AET,
     PASSWORD,
     USER,
     OrthancServer,
+    StorageSCP,
     StoreScp,
     free_port,
     start_storescp,
@@ -186,3 +187,51 @@ def test_association_socket_has_nagle_off(storescp: StoreScp) -> None:
         assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         assoc.release()
+
+
+def _silent_peer_sender(
+    result_files: list[Path], tmp_path: Path, stalls: int
+) -> tuple[StorageSCP, DicomSender]:
+    """A peer whose first ``stalls`` C-STOREs get no answer, and a sender that waits 5 s for one."""
+    sop_classes = sorted({str(pydicom.dcmread(path).SOPClassUID) for path in result_files})
+    peer = StorageSCP(
+        [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian],
+        stalls=stalls,
+        sop_classes=sop_classes,
+    )
+    modality = RemoteModality(aet="PEER", host="127.0.0.1", port=peer.port)
+    settings = settings_for(tmp_path, modalities={"pacs": modality})
+    sender = make_sender(Destination(kind=DestinationKind.DICOM, name="pacs"), settings)
+    assert isinstance(sender, DicomSender)
+    sender.dimse_timeout_s = 5.0
+    return peer, sender
+
+
+def test_an_unanswered_cstore_is_sent_again_on_a_new_association(
+    result_files: list[Path], tmp_path: Path
+) -> None:
+    """As when pynetdicom's reactor thread takes a C-STORE response ("Received unexpected C-STORE
+    service message"): no answer to the first file. The association is aborted and every file
+    from that one on is sent on a second; nothing is lost."""
+    peer, sender = _silent_peer_sender(result_files, tmp_path, stalls=1)
+    try:
+        sent = sender.send(result_files)
+    finally:
+        peer.stop()
+    assert sent == _uids(result_files)
+    assert set(peer.received) == set(sent), "a file of the unanswered association was lost"
+    assert peer.associations == 2
+
+
+def test_a_peer_that_never_answers_a_cstore_is_retriable(
+    result_files: list[Path], tmp_path: Path
+) -> None:
+    peer, sender = _silent_peer_sender(result_files, tmp_path, stalls=2)
+    try:
+        with pytest.raises(DestinationError, match="did not answer a C-STORE on 2") as caught:
+            sender.send(result_files)
+    finally:
+        peer.stop()
+    assert caught.value.retriable is True
+    assert "0 of 4 instances sent" in str(caught.value)
+    assert peer.associations == 2 and peer.received == {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ainode_worker.inference import BackendCache, WeightsMissingError, run_pipeline
-from ainode_worker.inference.nnunet import NnUNetBackend
+from ainode_worker.inference.nnunet import NnUNetBackend, NnUNetPredictorModel
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Geometry, Phantom, random_geometry
@@ -106,3 +106,36 @@ def test_missing_fold_names_the_checkpoint(
     spec = spec.model_copy(update={"weights": str(tmp_path / "nothing-here")})
     with pytest.raises(WeightsMissingError, match="nothing-here"):
         NnUNetBackend().load(spec, torch.device("cpu"))
+
+
+def test_tiles_batched_on_the_cpu_give_nnunets_own_result(registry: Registry) -> None:
+    """The CPU batches sliding-window tiles (nnunet_tiles.py); the result is nnU-Net's own."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    # 12 tiles of the model's 32x64x64 at its spacing: three batches of four.
+    truth, volume = phantom_volume(Geometry(shape=(40, 80, 80), spacing=(3.0, 1.3, 1.36)), seed=7)
+    folder = registry.weights_path(registry.get("demo-phantom"))
+    model = NnUNetPredictorModel(folder, [0], "checkpoint_final.pth", torch.device("cpu"))
+    batches: list[int] = []
+    model.predictor.network.register_forward_hook(
+        lambda _module, inputs, _output: batches.append(inputs[0].shape[0])
+    )
+    labels, probabilities = model.predict(
+        [volume], tta=False, tile_step_size=0.5, probabilities=True
+    )
+    assert sum(batches) > max(batches) > 1, batches  # several tiles, several at once
+
+    stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"))
+    stock.initialize_from_trained_model_folder(
+        str(folder), use_folds=(0,), checkpoint_name="checkpoint_final.pth"
+    )
+    image = volume.array[None].astype(np.float32)
+    properties = {"spacing": [float(s) for s in volume.spacing]}
+    stock_labels, stock_probabilities = stock.predict_single_npy_array(
+        image, properties, None, None, True
+    )
+    np.testing.assert_array_equal(labels, stock_labels)
+    assert probabilities is not None
+    np.testing.assert_allclose(probabilities, stock_probabilities, atol=1e-3)
+    for label in (1, 2):
+        assert dice(labels, truth.labels, label) >= 0.9, label

@@ -5,7 +5,10 @@ files being sent (SEG, Label Map SEG, RTSTRUCT, SR...), uncompressed ones with b
 and implicit VR little endian so that old PACS accept them too; a compressed file (RLE Label
 Map SEG) also gets an uncompressed context and is decompressed if only that one is accepted.
 Nagle's algorithm is switched off on the socket: with it, every small PDU waits for the peer's
-delayed ACK.
+delayed ACK. A C-STORE that gets no answer of its own (the peer stalled, or pynetdicom's reactor
+thread took the response as unexpected) aborts the association and the rest, that file
+included, is sent once more on a new one, as ``ainode push`` does; a re-sent instance is stored
+once (same SOP Instance UID).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 
+from ainode.dimse import c_store_status
 from ainode.jobs import Destination, DestinationKind
 from ainode.settings import RemoteModality, Settings
 
@@ -35,6 +39,7 @@ _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _CONNECT_TIMEOUT_S = 5.0
 _NETWORK_TIMEOUT_S = 60.0
 _DIMSE_TIMEOUT_S = 120.0
+_ASSOCIATIONS = 2  # tried for one send: the second takes what the first left unanswered
 _MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1..255
 
 # C-STORE status groups (PS3.4 Annex B.2.3): 0xA7xx is "out of resources", worth a retry.
@@ -52,43 +57,72 @@ class DicomSender:
         )
         self.name = destination.name
         self.calling_aet = settings.dicom_aet
+        self.dimse_timeout_s = _DIMSE_TIMEOUT_S
 
     def send(self, files: Sequence[Path]) -> list[str]:
-        """C-STORE every file in one association; return their SOP Instance UIDs."""
+        """C-STORE every file, on one association or, after one went unanswered, on a second;
+        return their SOP Instance UIDs."""
         datasets = [pydicom.dcmread(path) for path in files]
-        assoc = open_association(self.peer, self.calling_aet, presentation_contexts(datasets))
-        if not assoc.is_established:
-            raise self._association_error(assoc)
-        try:
-            sent = [self._store(assoc, ds) for ds in datasets]
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        logger.info("sent %d instances to %r by C-STORE", len(sent), self.name)
-        return sent
+        contexts = presentation_contexts(datasets)
+        sent: list[str] = []
+        for attempt in range(1, _ASSOCIATIONS + 1):
+            assoc = open_association(self.peer, self.calling_aet, contexts, self.dimse_timeout_s)
+            if not assoc.is_established:
+                raise self._association_error(assoc)
+            answered = True
+            try:
+                while answered and len(sent) < len(datasets):
+                    uid = self._store(assoc, datasets[len(sent)])
+                    if uid is None:
+                        answered = False
+                    else:
+                        sent.append(uid)
+            finally:
+                if assoc.is_established and answered:
+                    assoc.release()
+                elif assoc.is_established:
+                    assoc.abort()  # its answers no longer match its requests
+            if answered:
+                logger.info("sent %d instances to %r by C-STORE", len(sent), self.name)
+                return sent
+            logger.warning(
+                "C-STORE to %r unanswered (association %d of %d); %d of %d instance(s) left",
+                self.name,
+                attempt,
+                _ASSOCIATIONS,
+                len(datasets) - len(sent),
+                len(datasets),
+            )
+        raise DestinationError(
+            f"{self._where} did not answer a C-STORE on {_ASSOCIATIONS} associations "
+            f"({len(sent)} of {len(datasets)} instances sent)",
+            retriable=True,
+        )
 
-    def _store(self, assoc: Association, ds: Dataset) -> str:
-        where = f"{self.peer.aet}@{self.peer.host}:{self.peer.port}"
+    @property
+    def _where(self) -> str:
+        return f"{self.peer.aet}@{self.peer.host}:{self.peer.port}"
+
+    def _store(self, assoc: Association, ds: Dataset) -> str | None:
+        """The instance's UID once stored; None when no answer to this request came back."""
         try:
-            status = assoc.send_c_store(_in_accepted_syntax(assoc, ds))
+            response = assoc.send_c_store(_in_accepted_syntax(assoc, ds))
         except ValueError as exc:  # no accepted presentation context for this SOP class
             raise DestinationError(
-                f"{where} does not accept {ds.SOPClassUID.name}: {exc}", retriable=False
+                f"{self._where} does not accept {ds.SOPClassUID.name}: {exc}", retriable=False
             ) from exc
-        if "Status" not in status:  # aborted, timed out or invalid response
-            raise DestinationError(
-                f"{where} dropped the association during C-STORE", retriable=True
-            )
-        code = int(status.Status)
+        code = c_store_status(response)
+        if code is None:
+            return None
         if code != _SUCCESS and code not in _WARNINGS:
             raise DestinationError(
-                f"{where} refused {ds.SOPClassUID.name} with status 0x{code:04X}",
+                f"{self._where} refused {ds.SOPClassUID.name} with status 0x{code:04X}",
                 retriable=(code & 0xFF00) == 0xA700,
             )
         return str(ds.SOPInstanceUID)
 
     def _association_error(self, assoc: Association) -> DestinationError:
-        where = f"{self.peer.aet}@{self.peer.host}:{self.peer.port}"
+        where = self._where
         if assoc.is_rejected:
             return DestinationError(
                 f"{where} rejected the association from {self.calling_aet}: check that the "
@@ -104,13 +138,16 @@ class DicomSender:
 
 
 def open_association(
-    peer: RemoteModality, calling_aet: str, contexts: list[PresentationContext]
+    peer: RemoteModality,
+    calling_aet: str,
+    contexts: list[PresentationContext],
+    dimse_timeout_s: float = _DIMSE_TIMEOUT_S,
 ) -> Association:
     """Request an association (check ``is_established``); the socket has TCP_NODELAY set."""
     ae = AE(ae_title=calling_aet)
     ae.connection_timeout = _CONNECT_TIMEOUT_S
     ae.network_timeout = _NETWORK_TIMEOUT_S
-    ae.dimse_timeout = _DIMSE_TIMEOUT_S
+    ae.dimse_timeout = dimse_timeout_s
     ae.requested_contexts = contexts
     return ae.associate(
         peer.host,

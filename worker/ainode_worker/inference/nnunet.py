@@ -42,14 +42,14 @@ class NnUNetPredictorModel:
         device: torch.device,
         tile_step_size: float = 0.5,
     ) -> None:
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from ainode_worker.inference.nnunet_tiles import TileBatchingPredictor
 
         for fold in folds:
             path = folder / f"fold_{fold}" / checkpoint
             if not path.is_file():
                 raise WeightsMissingError(f"nnU-Net checkpoint not found: {path}")
         self.folder = folder
-        self.predictor = nnUNetPredictor(
+        self.predictor = TileBatchingPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
             use_mirroring=False,
