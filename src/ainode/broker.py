@@ -29,6 +29,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # Redis refusing a command (MISCONF while its disk is full, NOREPLICAS) is a channel
+        # error: without this, a worker's consumer dies of it ("Unrecoverable error") instead
+        # of reconnecting and going on once Redis accepts writes again.
+        broker_channel_error_retry=True,
         broker_transport_options={"visibility_timeout": 3600},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

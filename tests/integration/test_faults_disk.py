@@ -2,15 +2,21 @@
 and once space is free again every series ends with exactly one job, done.
 
 The data directory is a small tmpfs of the test's own, filled by a file of zeros until the
-kernel says ENOSPC: a real full disk for every part (Orthanc's storage and index, the job
-store, Redis's append-only file, the logs), not a mock. Mounting needs CAP_SYS_ADMIN (root in
-the test container); without it the test is skipped with that reason.
+kernel says ENOSPC: a real full disk for every part that keeps state (Orthanc's storage and
+index, the job store, Redis's append-only file), not a mock. Mounting needs CAP_SYS_ADMIN (root
+in the test container); without it the test is skipped with that reason. The node's logs go to
+the test's ordinary folder instead: what a part logs while the disk is full (a worker's last
+words) is what a failure's post-mortem needs.
+
+Redis refuses every write while it cannot write its append-only file (MISCONF); a worker
+waiting for a job meets that refusal at its next BRPOP and used to die of it. The second test
+makes Redis refuse writes on demand (NOREPLICAS: the same kind of refusal, a channel error to
+the workers), so that path is checked every run, not only when the disk fills at that moment.
 """
 
 from __future__ import annotations
 
 import errno
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import redis
 from nodeharness import ONNX_RULES, Node, start_node, wait_for, write_phantom, write_rules
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
@@ -44,9 +51,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mount_point
     finally:
-        logs = mount_point / "node" / "logs"
-        if logs.is_dir():  # keep them for a failure's post-mortem: the tmpfs goes
-            shutil.copytree(logs, tmp_path / "logs", dirs_exist_ok=True)
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
@@ -87,6 +91,23 @@ def c_store_statuses(node: Node, paths: list[Path]) -> list[int | None]:
     return statuses
 
 
+PARTS = ("redis", "orthanc", "worker", "delivery")
+
+
+def assert_parts_alive(node: Node, pids: dict[str, int]) -> None:
+    """Every part still runs as the same process (the test's node restarts nothing)."""
+    dead = {name: node.service(name).returncode for name in pids if not node.service(name).running}
+    assert not dead, f"parts died (exit codes): {dead}"
+    assert {name: node.pid(name) for name in pids} == pids
+
+
+def orthanc_series_id(node: Node, series_uid: str) -> str:
+    answer = node.post("/tools/lookup", data=series_uid)
+    answer.raise_for_status()
+    (found,) = [hit["ID"] for hit in answer.json() if hit["Type"] == "Series"]
+    return str(found)
+
+
 def assert_done_once(node: Node, ids: SeriesIds) -> None:
     job = node.wait_for_run(ids.series_uid, timeout_s=90)
     assert job["state"] == "done", job["error"]
@@ -98,6 +119,9 @@ def test_full_data_disk_refuses_stores_keeps_serving_reads_and_recovers(
     small_disk: Path, tmp_path: Path
 ) -> None:
     rules = write_rules(tmp_path / "rules.yaml", ONNX_RULES)
+    (tmp_path / "logs").mkdir()
+    (small_disk / "node").mkdir()
+    (small_disk / "node" / "logs").symlink_to(tmp_path / "logs")
     node = start_node(
         small_disk / "node",
         routing_rules=rules,
@@ -110,7 +134,7 @@ def test_full_data_disk_refuses_stores_keeps_serving_reads_and_recovers(
         before, ids_before = write_phantom(tmp_path / "before", 12, seed=51)
         node.storescu(before)
         assert_done_once(node, ids_before)
-        pids = {name: node.pid(name) for name in ("redis", "orthanc", "worker")}
+        pids = {name: node.pid(name) for name in PARTS}
         stored_before = node.count_instances()
 
         # 1. Full: C-STORE is refused with a failure status, reads still answer.
@@ -129,13 +153,17 @@ def test_full_data_disk_refuses_stores_keeps_serving_reads_and_recovers(
         racing, ids_racing = write_phantom(tmp_path / "racing", 12, seed=53)
         node.storescu(racing)
         filler.fill()
+        racing_id = orthanc_series_id(node, ids_racing.series_uid)
         wait_for(
-            lambda: node.get("/series").status_code == 200 and len(node.json("/series")) >= 3,
-            30,
+            lambda: bool(node.json(f"/series/{racing_id}").get("IsStable")),
+            120,
             0.5,
-            "the racing series to be in Orthanc",
+            "Orthanc to call the racing series stable while the disk is full",
         )
-        time.sleep(6)  # the series becomes stable and is routed while the disk is full
+        # Three change sweeps' worth of a full disk after that: routing the series (whether
+        # or not its decision can be recorded now) happens before or after the space returns,
+        # and either way it must end with one job, done.
+        time.sleep(6)
         assert node.get("/ai/health").status_code == 200
         filler.free()
 
@@ -144,9 +172,46 @@ def test_full_data_disk_refuses_stores_keeps_serving_reads_and_recovers(
         after, ids_after = write_phantom(tmp_path / "after", 12, seed=54)
         node.storescu(after)
         assert_done_once(node, ids_after)
-        assert {name: node.pid(name) for name in pids} == pids, "a part died of the full disk"
+        assert_parts_alive(node, pids)
         with sqlite3.connect(small_disk / "node" / "ai-jobs.sqlite3") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         filler.free()
+        node.stop()
+
+
+def refusals(broker: redis.Redis) -> tuple[int, int]:
+    """How many BRPOPs (a worker waiting for its next job), and commands in all, Redis refused
+    for want of a replica so far."""
+    brpop = broker.info("commandstats").get("cmdstat_brpop", {})
+    refused = broker.info("errorstats").get("errorstat_NOREPLICAS", {})
+    return int(brpop.get("rejected_calls", 0)), int(refused.get("count", 0))
+
+
+def test_workers_outlive_redis_refusing_writes_and_run_the_next_job(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules.yaml", ONNX_RULES)
+    node = start_node(tmp_path / "node", routing_rules=rules, interactive_enabled=False)
+    try:
+        broker = redis.Redis(port=node.settings.redis_port)
+        pids = {name: node.pid(name) for name in PARTS}
+        brpops_before, refused_before = refusals(broker)
+
+        def refused_or_dead() -> bool:
+            """Both workers' waits for a job refused and their reconnections too, or a death."""
+            brpops, refused = refusals(broker)
+            dead = not all(node.service(name).running for name in pids)
+            return dead or (brpops >= brpops_before + 2 and refused >= refused_before + 10)
+
+        broker.config_set("min-replicas-to-write", 1)  # no replica: every write is refused
+        try:
+            wait_for(refused_or_dead, 120, 0.2, "the workers to meet Redis's refusal")
+        finally:
+            broker.config_set("min-replicas-to-write", 0)
+        assert_parts_alive(node, pids)
+
+        paths, ids = write_phantom(tmp_path / "after", 12, seed=55)
+        node.storescu(paths)
+        assert_done_once(node, ids)
+        assert_parts_alive(node, pids)
+    finally:
         node.stop()
