@@ -171,6 +171,7 @@ class RoutingService:
 
     def _run(self) -> None:
         failed = False  # an item failed since the last checkpoint: keep the mark where it is
+        failures = 0  # in a row: the first is logged with its traceback, the others in a line
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -185,10 +186,19 @@ class RoutingService:
                 elif isinstance(item, _Checkpoint):
                     if not failed:
                         self.orthanc.SetGlobalProperty(LAST_CHANGE_PROPERTY, str(item.last_change))
+                        if failures:
+                            log.warning("routing: working again after %d failure(s)", failures)
+                            failures = 0
                     failed = False
-            except Exception:  # e.g. the disk is full: this thread must outlive it
+            except Exception as error:  # e.g. the disk is full: this thread must outlive it
                 # The change sweep finds the series again from the unmoved mark.
-                log.exception("routing: %s failed; the change sweep will try again", item)
+                if failures:
+                    log.warning(
+                        "routing: %s failed again (%s); the sweep will try again", item, error
+                    )
+                else:
+                    log.exception("routing: %s failed; the change sweep will try again", item)
+                failures += 1
                 failed = True
 
     def _handle(self, item: Evaluate) -> None:

@@ -175,9 +175,28 @@ def test_full_data_disk_refuses_stores_keeps_serving_reads_and_recovers(
         assert_parts_alive(node, pids)
         with sqlite3.connect(small_disk / "node" / "ai-jobs.sqlite3") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+        # 4. Routing told each run of failures once with its traceback (not every sweep),
+        # and that it works again.
+        logs = tmp_path / "logs"
+        if routing_log_counts(logs)[0]:
+            wait_for(
+                lambda: routing_log_counts(logs)[0] == routing_log_counts(logs)[1],
+                60,
+                0.5,
+                "routing to say it works again after each run of failures",
+            )
     finally:
         filler.free()
         node.stop()
+
+
+def routing_log_counts(logs: Path) -> tuple[int, int]:
+    """(runs of routing failures begun, runs ended) in the node's logs."""
+    text = "\n".join(path.read_text(errors="replace") for path in logs.glob("*.log"))
+    return text.count("failed; the change sweep will try again"), text.count(
+        "routing: working again"
+    )
 
 
 def refusals(broker: redis.Redis) -> tuple[int, int]:
