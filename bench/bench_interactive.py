@@ -386,7 +386,7 @@ def load_routes(url: str, auth: tuple[str, str] | None, uid: str, repeats: int) 
     values = client.series_stored_values(series_id)
 
     def slices() -> list[pydicom.Dataset]:
-        return [slice_dataset(tags[i], values[k, ..., 0].tobytes()) for k, i in enumerate(order)]
+        return [slice_dataset(tags[i], values[k, ..., 0].data) for k, i in enumerate(order)]
 
     def raw_frames(parallel: int) -> list[bytes]:
         def one(instance: str) -> bytes:

@@ -23,8 +23,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from pydicom import Dataset
+from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -81,6 +84,7 @@ _HEADER_KEYWORDS = (
 )
 _INTEGER_VRS = frozenset({"US", "SS", "UL", "SL"})
 _FLOAT_PIXELS = ("FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_DATA = 0x7FE00010
 
 
 class FastRouteUnavailable(Exception):
@@ -157,8 +161,8 @@ class OrthancVolumeLoader:
             raise FastRouteUnavailable(f"Orthanc did not answer the fast route: {error}") from error
         if values.ndim != 4 or values.shape[0] != len(order) or values.shape[3] != 1:
             raise FastRouteUnavailable(f"Orthanc's voxels have the shape {values.shape}")
-        little = values.astype(values.dtype.newbyteorder("<"), copy=False)
-        slices = [with_frame(headers[i], little[k, ..., 0].tobytes()) for k, i in enumerate(order)]
+        little = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+        slices = [with_frame(headers[i], little[k, ..., 0].data) for k, i in enumerate(order)]
         volume = build_volume(slices)
         instance_of = {id(ds): i for i, ds in zip(order, slices, strict=True)}  # same objects
         ordered = [instance_of[id(ds)] for ds in volume.datasets]
@@ -169,7 +173,7 @@ class OrthancVolumeLoader:
             return list(pool.map(self.client.instance_dataset, instance_ids))
 
 
-def slice_dataset(tags: Mapping[str, Any], frame: bytes) -> Dataset:
+def slice_dataset(tags: Mapping[str, Any], frame: bytes | memoryview) -> Dataset:
     """A slice as the volume builder reads it (:func:`slice_header` with its frame)."""
     return with_frame(slice_header(tags), frame)
 
@@ -195,10 +199,12 @@ def slice_header(tags: Mapping[str, Any]) -> Dataset:
     return ds
 
 
-def with_frame(ds: Dataset, frame: bytes) -> Dataset:
+def with_frame(ds: Dataset, frame: bytes | memoryview) -> Dataset:
     """``ds`` with Orthanc's stored values of a native syntax as little-endian pixel data,
     which pydicom then decodes as it does the file's; only single greyscale frames of the
-    declared size."""
+    declared size. A memoryview (of a C-contiguous array) is kept as it is, not copied."""
+    if isinstance(frame, memoryview):
+        frame = frame.cast("B")  # bytes, as pydicom slices and measures pixel data
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel or 1)
@@ -211,5 +217,8 @@ def with_frame(ds: Dataset, frame: bytes) -> Dataset:
         raise FastRouteUnavailable("not MONOCHROME2")
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.add_new(0x7FE00010, "OB" if bits == 8 else "OW", frame)
+    # pydicom decodes a memoryview as it does bytes, but warns that the type is not OB/OW's.
+    ds[_PIXEL_DATA] = DataElement(
+        _PIXEL_DATA, "OB" if bits == 8 else "OW", frame, validation_mode=pydicom_config.IGNORE
+    )
     return ds

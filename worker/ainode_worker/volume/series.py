@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
+from pydicom.pixels.utils import pixel_array
 
 from ainode.inputcheck import (
     VolumeBudget,
@@ -53,6 +57,8 @@ ORIENTATION_TOLERANCE = 1e-4  # difference of direction cosines
 SPACING_TOLERANCE = 0.05  # relative deviation of one slice gap from the median gap
 GAP_FACTOR = 1.5  # a gap this many times the median gap means missing slices
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Threads decoding and writing slices into the volume: the machine's cores, up to four.
+_FILL_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -197,10 +203,12 @@ def _frames_of(ds: Dataset, frames: int) -> list[_Slice]:
         return None
 
     decoded: list[npt.NDArray[np.generic]] = []
+    decoding = threading.Lock()  # frames are read on several threads; decode the image once
 
     def frame_pixels(index: int) -> npt.NDArray[np.generic]:
-        if not decoded:
-            decoded.append(_decode(ds))
+        with decoding:
+            if not decoded:
+                decoded.append(_decode(ds))
         frame: npt.NDArray[np.generic] = decoded[0][index]
         return frame
 
@@ -249,7 +257,9 @@ def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
         ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.get("file_meta", {}) else None
     )
     try:
-        pixels: npt.NDArray[np.generic] = ds.pixel_array
+        # pydicom's decoding, as ``ds.pixel_array`` does it, without its writeable copy (the
+        # builder only reads the values) nor its cache on ``ds`` (a second copy of the series).
+        pixels: npt.NDArray[np.generic] = pixel_array(ds, view_only=True)
     except (NotImplementedError, RuntimeError, ValueError, AttributeError) as error:
         name = getattr(syntax, "name", None) or str(syntax or "unknown")
         raise PixelDataError(
@@ -318,22 +328,12 @@ def _stack(slices: list[_Slice], images: list[Dataset], budget: VolumeBudget) ->
     # a few bytes of pixel data, and allocating that first kills the worker with MemoryError.
     first_pixels = first.pixels()
     array = np.empty((len(slices), first.rows, first.columns), dtype=np.float32)
-    for index, item in enumerate(slices):
-        pixels = first_pixels if item is first else item.pixels()
-        if pixels.shape != (first.rows, first.columns):
-            raise PixelDataError(f"a frame decodes to {pixels.shape}, not Rows x Columns")
-        if pixels.size:
-            extreme = max(abs(float(pixels.min())), abs(float(pixels.max())))
-            if extreme * abs(item.slope) + abs(item.intercept) > _FLOAT32_MAX:
-                raise PixelDataError("rescaled pixel values exceed the range of 32-bit floats")
-        # In place, in 32-bit floats (the same arithmetic as a cast, multiply and add): no
-        # temporary arrays, and the steps an identity rescale asks for are skipped.
-        plane = array[index]
-        plane[...] = pixels
-        if item.slope != 1.0:
-            plane *= np.float32(item.slope)
-        if item.intercept != 0.0:
-            plane += np.float32(item.intercept)
+
+    def fill(index: int) -> None:
+        item = slices[index]
+        _write_plane(array[index], first_pixels if item is first else item.pixels(), item)
+
+    _each_in_order(fill, len(slices))
     datasets = [s.dataset for s in slices] if len(images) == len(slices) else list(images)
     return Volume(
         array=array,
@@ -346,6 +346,55 @@ def _stack(slices: list[_Slice], images: list[Dataset], budget: VolumeBudget) ->
         datasets=datasets,
         modality=str(getattr(images[0], "Modality", "")),
     )
+
+
+def _write_plane(
+    plane: npt.NDArray[np.float32], pixels: npt.NDArray[np.generic], item: _Slice
+) -> None:
+    """Check one slice's decoded values and write them, rescaled, into its plane of the volume."""
+    if pixels.shape != plane.shape:
+        raise PixelDataError(f"a frame decodes to {pixels.shape}, not Rows x Columns")
+    if pixels.size and _may_exceed_float32(pixels.dtype, item):
+        extreme = max(abs(float(pixels.min())), abs(float(pixels.max())))
+        if extreme * abs(item.slope) + abs(item.intercept) > _FLOAT32_MAX:
+            raise PixelDataError("rescaled pixel values exceed the range of 32-bit floats")
+    # In 32-bit floats, as a cast, a multiply and an add would do (each value cast to float32
+    # first), in as few passes as the rescale needs and without temporary arrays.
+    if item.slope != 1.0:
+        np.multiply(pixels, np.float32(item.slope), out=plane, dtype=np.float32, casting="unsafe")
+        if item.intercept != 0.0:
+            plane += np.float32(item.intercept)
+    elif item.intercept != 0.0:
+        np.add(pixels, np.float32(item.intercept), out=plane, dtype=np.float32, casting="unsafe")
+    else:
+        plane[...] = pixels
+
+
+def _may_exceed_float32(dtype: np.dtype[np.generic], item: _Slice) -> bool:
+    """False where no value of an integer ``dtype`` can leave float32's range once rescaled,
+    so that its minimum and maximum need not be computed (two passes over each slice)."""
+    if dtype.kind not in "iu":
+        return True
+    info = np.iinfo(dtype)  # type: ignore[type-var]
+    extreme = max(abs(float(info.min)), abs(float(info.max)))
+    return extreme * abs(item.slope) + abs(item.intercept) > _FLOAT32_MAX
+
+
+def _each_in_order(task: Callable[[int], None], count: int) -> None:
+    """``task(0)`` ... ``task(count - 1)`` on a few threads (decoding and numpy's loops release
+    the GIL), raising what the lowest failing index raised, as a loop would; the rest is
+    cancelled."""
+    threads = min(_FILL_THREADS, count)
+    if threads <= 1:
+        for index in range(count):
+            task(index)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="volume-fill")
+    try:
+        for _ in pool.map(task, range(count)):
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_plane(item: _Slice) -> None:
