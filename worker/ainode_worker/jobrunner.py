@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from pydantic import BaseModel, Field, ValidationError
@@ -41,11 +42,16 @@ from ainode.jobs import JobRequest, JobState, JobUpdate, OutputKind
 from ainode.registry import Registry, RegistryError, UnknownModelError, load_registry
 from ainode.settings import Settings
 from ainode_worker.inference.errors import InferenceError
-from ainode_worker.inference.pipeline import BackendCache, cache_from_settings, run_pipeline
 from ainode_worker.orthanc import OrthancClient, OrthancError, OrthancUnavailable
 from ainode_worker.results import EmptyResultError, Provenance, ResultInputError, SourceSeries
 from ainode_worker.results.export import WrittenResult, export_results
 from ainode_worker.volume import Volume, VolumeError, volume_from_datasets
+
+# The pipeline brings torch and the model backends (1.3 s of CPU to import): the functions that
+# run models import it, a worker that runs models loads it before Celery forks its pool
+# (ainode_worker.tasks), a delivery worker never loads it.
+if TYPE_CHECKING:
+    from ainode_worker.inference.pipeline import BackendCache
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +106,15 @@ class WorkerContext:
     settings: Settings
     registry: Registry
     orthanc: OrthancClient
-    cache: BackendCache
     hostname: str = "worker"
     pool_process: bool = False  # a Celery pool process: ending it ends only the job
+
+    @cached_property
+    def cache(self) -> BackendCache:
+        """The loaded models, made on the first model run."""
+        from ainode_worker.inference.pipeline import cache_from_settings
+
+        return cache_from_settings(self.settings)
 
     @classmethod
     def from_settings(
@@ -112,7 +124,6 @@ class WorkerContext:
             settings=settings,
             registry=load_registry(settings.models_registry),
             orthanc=OrthancClient.from_settings(settings),
-            cache=cache_from_settings(settings),
             hostname=hostname,
             pool_process=pool_process,
         )
@@ -407,6 +418,8 @@ def _execute(request: JobRequest, ctx: WorkerContext, lease: Lease, hand_off: Ha
     detail: dict[str, Any] = {"steps": steps}
     written = reuse_results(folder, request)
     if written is None:
+        from ainode_worker.inference.pipeline import run_pipeline
+
         lease.check("fetch")
         volumes = {"main": _load_volume(ctx, request.series_id, steps)}
         for channel, series_id in request.extra_series.items():

@@ -5,7 +5,8 @@ queues (``ainode.gpu.*``) before it takes a job, and says why: a GPU job then wa
 that can run it instead of crawling on a CPU. CUDA is probed in a child process
 (``python -m ainode_worker.runtime --json``): touching CUDA in Celery's parent would break it in
 the forked pool processes. Without ``cuda`` the probe runs in the background (the worker does not
-wait for torch to import).
+wait for torch to import). On a machine without an NVIDIA driver the probe does not import torch
+at all (1.3 s of CPU at every worker start): no CUDA build of torch can see a device there.
 
 ``python -m ainode_worker.runtime [--require-cuda]`` prints the same report; with
 ``--require-cuda`` it exits 1, printing the reason, when CUDA is not usable (``make gpu-check``).
@@ -15,26 +16,76 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import subprocess
 import sys
 import threading
-from typing import Any
-
-from celery import Celery
-from celery.signals import celeryd_after_setup
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ainode.settings import Settings
 from ainode.worker_runtime import RUNTIME_COMMAND, GpuDevice, WorkerRuntime, gpu_queues
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT_S = 300.0  # importing torch on a loaded machine is slow; never assume it is fast
+# What NVIDIA's driver creates: the Linux driver's control device and /proc entry, WSL 2's GPU.
+NVIDIA_DRIVER_PATHS = (Path("/dev/nvidiactl"), Path("/proc/driver/nvidia"), Path("/dev/dxg"))
 
 
 def measure() -> WorkerRuntime:
     """torch's CUDA state (with a real allocation), the GPUs and ONNX Runtime's providers."""
+    runtime = _without_driver() or _measure_torch()
+    runtime.onnxruntime_package = _installed("onnxruntime-gpu") or _installed("onnxruntime")
+    try:
+        import onnxruntime as ort
+
+        runtime.onnx_providers = list(ort.get_available_providers())
+    except ImportError:
+        runtime.warnings.append("onnxruntime is not installed")
+    if runtime.cuda_usable and "CUDAExecutionProvider" not in runtime.onnx_providers:
+        runtime.warnings.append(
+            f"ONNX models run on the CPU: {runtime.onnxruntime_package or 'onnxruntime'} has "
+            "no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
+        )
+    if _installed("onnxruntime-gpu") and _installed("onnxruntime"):
+        runtime.warnings.append("both onnxruntime and onnxruntime-gpu are installed: keep one")
+    return runtime
+
+
+def _without_driver() -> WorkerRuntime | None:
+    """The report for a CUDA or CPU build of torch on a machine with no NVIDIA driver, from
+    torch's ``version.py`` alone; None where torch must be asked (a driver, ROCm, no torch)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if any(path.exists() for path in NVIDIA_DRIVER_PATHS):
+        return None
+    version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    version_spec = importlib.util.spec_from_file_location("_ainode_torch_version", version_file)
+    if version_spec is None or version_spec.loader is None:
+        return None
+    version = importlib.util.module_from_spec(version_spec)
+    version_spec.loader.exec_module(version)  # plain assignments: no torch, no CUDA
+    if getattr(version, "hip", None) is not None:
+        return None
+    runtime = WorkerRuntime(torch_version=version.__version__, torch_cuda_build=version.cuda)
+    if version.cuda is None:
+        runtime.cuda_reason = f"torch {version.__version__} is a CPU-only build"
+    else:
+        runtime.cuda_reason = (
+            f"torch (CUDA {version.cuda}) sees no CUDA device: this machine has no NVIDIA "
+            f"driver (none of {', '.join(str(path) for path in NVIDIA_DRIVER_PATHS)})"
+        )
+    return runtime
+
+
+def _measure_torch() -> WorkerRuntime:
     import torch
 
     runtime = WorkerRuntime(torch_version=torch.__version__, torch_cuda_build=torch.version.cuda)
@@ -62,20 +113,6 @@ def measure() -> WorkerRuntime:
             runtime.cuda_reason = f"torch {torch.__version__} runs on CUDA {torch.version.cuda}"
         except RuntimeError as error:  # driver too old for this build, device busy, ...
             runtime.cuda_reason = f"CUDA is present but unusable: {error}"
-    runtime.onnxruntime_package = _installed("onnxruntime-gpu") or _installed("onnxruntime")
-    try:
-        import onnxruntime as ort
-
-        runtime.onnx_providers = list(ort.get_available_providers())
-    except ImportError:
-        runtime.warnings.append("onnxruntime is not installed")
-    if runtime.cuda_usable and "CUDAExecutionProvider" not in runtime.onnx_providers:
-        runtime.warnings.append(
-            f"ONNX models run on the CPU: {runtime.onnxruntime_package or 'onnxruntime'} has "
-            "no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
-        )
-    if _installed("onnxruntime-gpu") and _installed("onnxruntime"):
-        runtime.warnings.append("both onnxruntime and onnxruntime-gpu are installed: keep one")
     return runtime
 
 
@@ -138,6 +175,7 @@ STATE = RuntimeState()
 
 def install(app: Celery, settings: Settings) -> None:
     """Register the control command and the start-up check on the worker's Celery app."""
+    from celery.signals import celeryd_after_setup
     from celery.worker.control import inspect_command
 
     @inspect_command(name=RUNTIME_COMMAND)  # type: ignore[untyped-decorator]

@@ -11,12 +11,13 @@ from functools import cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from kombu.exceptions import OperationalError
 
 from ainode.broker import DELIVER_TASK, RUN_JOB_TASK
 from ainode.jobs import JobRequest
+from ainode.queues import is_delivery_queue
 from ainode_worker.celery_app import app, settings
 from ainode_worker.delivery import ReservedHeartbeat, deliver
 from ainode_worker.jobrunner import (
@@ -31,6 +32,14 @@ from ainode_worker.jobrunner import (
 log = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 3
+
+
+@celeryd_after_setup.connect  # type: ignore[untyped-decorator]
+def _load_inference(instance: Any, **_: Any) -> None:
+    """A worker that runs models loads torch and the backends once, before Celery forks its
+    pool; a delivery worker never loads them (see :mod:`ainode_worker.jobrunner`)."""
+    if not all(is_delivery_queue(queue) for queue in instance.app.amqp.queues.consume_from):
+        import ainode_worker.inference.pipeline  # noqa: F401
 
 
 @cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ainode_worker.inference import BackendCache
+from ainode_worker.inference.pipeline import BackendCache
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Phantom

@@ -23,14 +23,10 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from ainode_worker.inference import (
-    BackendCache,
-    BackendUnavailableError,
-    RemoteServiceError,
-    run_pipeline,
-)
 from ainode_worker.inference.biomedparse import BiomedParseBackend
+from ainode_worker.inference.errors import BackendUnavailableError, RemoteServiceError
 from ainode_worker.inference.nifti import nifti_affine
+from ainode_worker.inference.pipeline import BackendCache, run_pipeline
 from ainode_worker.volume import Volume, volume_from_datasets
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import Response

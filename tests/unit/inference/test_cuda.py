@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ainode_worker.inference import BackendCache, run_pipeline
 from ainode_worker.inference.device import DevicePolicy
 from ainode_worker.inference.onnxrt import OnnxBackend
+from ainode_worker.inference.pipeline import BackendCache, run_pipeline
 from ainode_worker.runtime import measure
 from ainode_worker.volume import Volume
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ainode_worker.inference import BackendCache, GpuMemoryError, run_pipeline
 from ainode_worker.inference.device import DevicePolicy, GpuInfo, cuda_probe
-from ainode_worker.inference.pipeline import cache_from_settings
+from ainode_worker.inference.errors import GpuMemoryError
+from ainode_worker.inference.pipeline import BackendCache, cache_from_settings, run_pipeline
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Phantom

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ainode_worker.inference import BackendCache, WeightsMissingError, run_pipeline
+from ainode_worker.inference.errors import WeightsMissingError
 from ainode_worker.inference.nnunet import NnUNetBackend, NnUNetPredictorModel
+from ainode_worker.inference.pipeline import BackendCache, run_pipeline
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Geometry, Phantom, random_geometry

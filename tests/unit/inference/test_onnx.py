@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ainode_worker.inference import BackendCache, WeightsMissingError, run_pipeline
+from ainode_worker.inference.errors import WeightsMissingError
+from ainode_worker.inference.pipeline import BackendCache, run_pipeline
 from ainode_worker.inference.sliding_window import gaussian_weights, sliding_window, window_starts
 from ainode_worker.volume import Volume
 

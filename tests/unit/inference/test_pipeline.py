@@ -9,15 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ainode_worker.inference import (
-    BackendCache,
-    InputMismatchError,
-    ParamsError,
-    Prediction,
-    run_pipeline,
-)
 from ainode_worker.inference.cascade import bounding_box, keep_overlapping, paste
+from ainode_worker.inference.errors import InputMismatchError, ParamsError
+from ainode_worker.inference.pipeline import BackendCache, run_pipeline
 from ainode_worker.inference.postprocess import postprocess
+from ainode_worker.inference.prediction import Prediction
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Phantom

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ainode_worker.inference import BackendCache, WeightsMissingError, run_pipeline
+from ainode_worker.inference.errors import WeightsMissingError
+from ainode_worker.inference.pipeline import BackendCache, run_pipeline
 from ainode_worker.volume import Volume
 
 from ainode.phantoms import Phantom
