@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import requests
+import urllib3
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
@@ -115,9 +116,9 @@ class OrthancClient:
         return [str(i) for i in info.get("Instances", [])]
 
     def instance_dataset(self, instance_id: str) -> Dataset:
-        raw = self._request(
-            "GET", f"/instances/{instance_id}/file", missing=f"instance {instance_id} vanished"
-        ).content
+        raw = self._body(
+            f"/instances/{instance_id}/file", missing=f"instance {instance_id} vanished"
+        )
         try:
             return pydicom.dcmread(io.BytesIO(raw))
         except InvalidDicomError as error:
@@ -224,11 +225,11 @@ class OrthancClient:
         One request instead of one per instance: for a 200 x 512^2 CT 0.42 s against 0.49 s
         for the raw frames 4 at a time and 0.48 s for the files (bench/RESULTS.md).
         """
-        answer = self._request(
-            "GET", f"/series/{series_id}/numpy?rescale=0", missing=f"no series {series_id}"
+        content = self._body(
+            f"/series/{series_id}/numpy?rescale=0", missing=f"no series {series_id}"
         )
         try:
-            return _npy_view(answer.content)
+            return _npy_view(content)
         except (ValueError, OSError) as error:
             raise OrthancDataError(f"Orthanc's voxels of {series_id} are unreadable") from error
 
@@ -279,7 +280,18 @@ class OrthancClient:
             )
         return response
 
-    def _unreachable(self, error: requests.RequestException) -> OrthancUnavailable:
+    def _body(self, path: str, *, missing: str) -> bytes:
+        """A GET's body, read in one piece: ``Response.content`` reads 10 KiB at a time and joins
+        the pieces (a 100 MB ``/numpy`` answer: 0.31 s against 0.19 s, curl 0.15 s)."""
+        response = self._request("GET", path, missing=missing, stream=True)
+        try:
+            return bytes(response.raw.read(decode_content=True))
+        except (urllib3.exceptions.HTTPError, OSError) as error:  # cut off, short, timed out
+            raise self._unreachable(error) from error
+        finally:
+            response.close()
+
+    def _unreachable(self, error: Exception) -> OrthancUnavailable:
         return OrthancUnavailable(
             f"Orthanc at {self.base_url} is unreachable: it does not answer "
             f"({type(error).__name__}); "
