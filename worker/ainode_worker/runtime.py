@@ -15,6 +15,7 @@ at all (1.3 s of CPU at every worker start): no CUDA build of torch can see a de
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import importlib.metadata
 import importlib.util
 import json
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT_S = 300.0  # importing torch on a loaded machine is slow; never assume it is fast
-# What NVIDIA's driver creates: the Linux driver's control device and /proc entry, WSL 2's GPU.
+# What NVIDIA's driver installs: the Linux driver's control device and /proc entry, WSL 2's GPU,
+# and its user-space library (libcuda), there even before the kernel module is loaded.
 NVIDIA_DRIVER_PATHS = (Path("/dev/nvidiactl"), Path("/proc/driver/nvidia"), Path("/dev/dxg"))
+NVIDIA_DRIVER_LIBRARY = "cuda"
 
 
 def measure() -> WorkerRuntime:
@@ -66,6 +69,8 @@ def _without_driver() -> WorkerRuntime | None:
         return None
     if any(path.exists() for path in NVIDIA_DRIVER_PATHS):
         return None
+    if ctypes.util.find_library(NVIDIA_DRIVER_LIBRARY) is not None:
+        return None
     version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
     version_spec = importlib.util.spec_from_file_location("_ainode_torch_version", version_file)
     if version_spec is None or version_spec.loader is None:
@@ -80,7 +85,8 @@ def _without_driver() -> WorkerRuntime | None:
     else:
         runtime.cuda_reason = (
             f"torch (CUDA {version.cuda}) sees no CUDA device: this machine has no NVIDIA "
-            f"driver (none of {', '.join(str(path) for path in NVIDIA_DRIVER_PATHS)})"
+            f"driver (none of {', '.join(str(path) for path in NVIDIA_DRIVER_PATHS)}, "
+            f"lib{NVIDIA_DRIVER_LIBRARY})"
         )
     return runtime
 

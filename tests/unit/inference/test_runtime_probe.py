@@ -1,5 +1,6 @@
 """The worker's runtime probe asks torch only where an NVIDIA driver exists: elsewhere it reads
-torch's build from its version file and reports the same facts without importing torch."""
+torch's build from its version file and reports the same facts without importing torch. The
+driver's files are replaced by one the test creates or not; its library by one nobody has."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from ainode_worker import runtime
 runtime.NVIDIA_DRIVER_PATHS = (Path(sys.argv[1]),)
+runtime.NVIDIA_DRIVER_LIBRARY = "ainode-no-such-library"
 print(runtime.measure().model_dump_json())
 print("torch" in sys.modules)
 """
