@@ -253,6 +253,7 @@ def _labelmap(page: Page, segmentation_id: str, geometry: Geometry) -> NDArray[n
           const segmentation = window.services.segmentationService.getSegmentation(id);
           if (!segmentation) { return null; }
           const { cache, metaData } = window.cornerstone;
+          const segments = Object.keys(segmentation.segments).map(Number);
           return segmentation.representationData.Labelmap.imageIds.map(imageId => {
             const image = cache.getImage(imageId);
             const plane = metaData.get('imagePlaneModule', image.referencedImageId);
@@ -263,7 +264,7 @@ def _labelmap(page: Page, segmentation_id: str, geometry: Geometry) -> NDArray[n
               if (data[i]) { on.push(i); values.add(data[i]); }
             }
             return {position: plane.imagePositionPatient, rows: image.rows,
-                    columns: image.columns, on, values: [...values]};
+                    columns: image.columns, on, values: [...values], segments};
           });
         }""",
         segmentation_id,
@@ -277,7 +278,8 @@ def _labelmap(page: Page, segmentation_id: str, geometry: Geometry) -> NDArray[n
     seen = set()
     for image in images:
         assert (image["rows"], image["columns"]) == shape[1:]
-        assert set(image["values"]) <= {1}, image["values"]  # the object's one segment
+        assert len(image["segments"]) == 1, image["segments"]  # the object's one segment
+        assert set(image["values"]) <= set(image["segments"]), image["values"]
         distance = np.abs(positions - np.asarray(image["position"], dtype=float)).max(axis=1)
         z = int(distance.argmin())
         assert distance[z] < 0.01 and z not in seen, image["position"]
@@ -290,6 +292,20 @@ def _segmentation_of(page: Page) -> str:
     segmentation_id = page.locator(PANEL).get_attribute("data-segmentation")
     assert segmentation_id, "the panel names the object's segmentation"
     return segmentation_id
+
+
+def _segment_colour(page: Page, segmentation_id: str) -> list[int]:
+    """The colour the viewer draws the segmentation's one segment in (RGBA)."""
+    colour: list[int] = page.evaluate(
+        """(id) => {
+          const { segmentationService, viewportGridService } = window.services;
+          const segment = Number(Object.keys(segmentationService.getSegmentation(id).segments)[0]);
+          const viewportId = viewportGridService.getActiveViewportId();
+          return [...segmentationService.getSegmentColor(viewportId, id, segment)];
+        }""",
+        segmentation_id,
+    )
+    return colour
 
 
 def _labelmap_shows(
@@ -474,6 +490,8 @@ def test_a_radiologist_segments_corrects_and_accepts_in_ohif(
     assert box_segmentation != segmentation_id
     _labelmap_shows(page, box_segmentation, geometry, boxed_mask)
     assert _labelmap(page, segmentation_id, geometry) is not None
+    # Drawn in a colour of its own.
+    assert _segment_colour(page, box_segmentation) != _segment_colour(page, segmentation_id)
     snapshot(page, "box")
     # An object given up without accepting it takes its segmentation with it.
     page.locator("#ainode-ai-reset").click()

@@ -25,7 +25,9 @@ const ID = 'ainode-ai';
 const POLL_MS = 700;
 const JOBS_EVERY_MS = 5000;
 const DRAG_PX = 6; // a press that moves farther is a box, not a click
-const SEGMENT = 1; // the one segment of an object's labelmap
+// An object is a segmentation of one segment, numbered as the object: cornerstone colours a
+// segment by its number, so objects are told apart (then the colour table's 255 again).
+const SEGMENT_COLOURS = 255;
 const SEGMENTATION_PANEL = '@ohif/extension-cornerstone.panelModule.panelSegmentation';
 const RENDERED = 'CORNERSTONE_IMAGE_RENDERED';
 
@@ -123,9 +125,15 @@ function worldToVoxel(g, world, z) {
 
 // -- the mask as a labelmap ------------------------------------------------------------------
 
+/** The segment number (and so the colour) of the n-th object, from 1. */
+function segmentOf(object) {
+  return ((object - 1) % SEGMENT_COLOURS) + 1;
+}
+
 /** One labelmap image's pixels (row by row) from bits [base, base + data.length) of the mask
- * (packbits, MSB first): cleared at native speed, then set only where a mask byte is not 0. */
-function writeSlice(bits, base, data) {
+ * (packbits, MSB first), as ``segment``: cleared at native speed, then set only where a mask
+ * byte is not 0. */
+function writeSlice(bits, base, data, segment) {
   data.fill(0);
   const n = data.length;
   let i = 0;
@@ -137,7 +145,7 @@ function writeSlice(bits, base, data) {
       if (byte) {
         for (let k = 0; k < 8; k++) {
           if (byte & (0x80 >> k)) {
-            data[(j << 3) + k] = SEGMENT;
+            data[(j << 3) + k] = segment;
           }
         }
       }
@@ -147,7 +155,7 @@ function writeSlice(bits, base, data) {
   for (; i < n; i++) {
     const bit = base + i;
     if (bits[bit >> 3] & (0x80 >> (bit & 7))) {
-      data[i] = SEGMENT;
+      data[i] = segment;
     }
   }
 }
@@ -158,7 +166,7 @@ function writeSlice(bits, base, data) {
  * (`referencedImageId`); an image's slice in the mask is its rank by position along the normal,
  * found from cornerstone's metadata, never from the images' order. Returns the labelmap
  * slices (image indices) written. */
-function writeLabelmap(cs, segmentation, g, mask) {
+function writeLabelmap(cs, segmentation, g, mask, segment) {
   const [depth, rows, columns] = mask.shape;
   if (depth !== g.positions.length || rows !== g.rows || columns !== g.columns) {
     throw new Error(`the mask (${mask.shape.join(' x ')}) is not the shape of the series shown`);
@@ -180,7 +188,7 @@ function writeLabelmap(cs, segmentation, g, mask) {
     if (z < 0 || z >= depth || data.length !== size) {
       return;
     }
-    writeSlice(mask.bits, z * size, data);
+    writeSlice(mask.bits, z * size, data, segment);
     image.voxelManager.setScalarData(data);
     modified.push(index);
   });
@@ -204,6 +212,7 @@ class AiPanel {
     this.segmentationId = null; // the object's OHIF segmentation, made on its first answer
     this.accepted = false; // whether the object was stored (its segmentation then stays)
     this.objects = 0;
+    this.segmentNumber = null; // the object's one segment in its segmentation
     this.busy = false;
     this.pending = false;
     this.active = false;
@@ -824,7 +833,8 @@ class AiPanel {
         this.segmentationId = await this.createSegmentation();
       }
       const segmentation = segmentationService.getSegmentation(this.segmentationId);
-      const modified = writeLabelmap(this.cornerstone(), segmentation, this.series.geometry, this.mask);
+      const modified = writeLabelmap(
+        this.cornerstone(), segmentation, this.series.geometry, this.mask, this.segmentNumber);
       if (modified.length) {
         // Every slice: a volume viewport's slice indices are not the labelmap images' order.
         const { segmentation: csSegmentation } = this.libraries().cornerstoneTools;
@@ -845,11 +855,12 @@ class AiPanel {
     const { segmentationService, displaySetService, viewportGridService, panelService } = this.services;
     const displaySet = displaySetService.getDisplaySetByUID(this.series.displaySet);
     this.objects += 1;
+    this.segmentNumber = segmentOf(this.objects);
     const segmentationId = `ainode-${this.cornerstone().utilities.uuidv4()}`;
     await segmentationService.createLabelmapForDisplaySet(displaySet, {
       segmentationId,
       label: `AI object ${this.objects}`,
-      segments: { [SEGMENT]: { label: this.segmentLabel(), active: true } },
+      segments: { [this.segmentNumber]: { label: this.segmentLabel(), active: true } },
     });
     const state = viewportGridService.getState();
     const viewports = state.viewports.entries ? [...state.viewports.entries()] : Object.entries(state.viewports);
@@ -876,7 +887,7 @@ class AiPanel {
   nameSegment() {
     const { segmentationService } = this.services;
     if (this.segmentationId && segmentationService.getSegmentation(this.segmentationId)) {
-      segmentationService.setSegmentLabel(this.segmentationId, SEGMENT, this.segmentLabel());
+      segmentationService.setSegmentLabel(this.segmentationId, this.segmentNumber, this.segmentLabel());
     }
   }
 
