@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -209,6 +210,21 @@ class Node:
         part = self.service(name)
         part.stop()
         part.start()
+        part.wait_ready()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a part of a supervised node; return once the supervisor has started it again
+        and it answers."""
+        assert self.watcher is not None, "only a supervised node restarts a killed part"
+        killed = self.pid(name)
+        os.kill(killed, signal.SIGKILL)
+        part = self.service(name)
+        wait_for(
+            lambda: part.running and self.pid(name) != killed,
+            60,
+            0.1,
+            f"the supervisor to restart {name}",
+        )
         part.wait_ready()
 
     def jobs(self, **query: str | int) -> list[dict[str, Any]]:
