@@ -36,9 +36,14 @@ TRANSIENT_RETRIES = 3
 
 @celeryd_after_setup.connect  # type: ignore[untyped-decorator]
 def _load_inference(instance: Any, **_: Any) -> None:
-    """A worker that runs models loads torch and the backends once, before Celery forks its
-    pool; a delivery worker never loads them (see :mod:`ainode_worker.jobrunner`)."""
-    if not all(is_delivery_queue(queue) for queue in instance.app.amqp.queues.consume_from):
+    """A worker with several pool processes that runs models loads torch and the backends once,
+    before Celery forks its pool, for its processes to share. With one pool process the first
+    model run loads them there (the main process then never holds them); a delivery worker
+    never loads them (see :mod:`ainode_worker.jobrunner`)."""
+    runs_models = not all(
+        is_delivery_queue(queue) for queue in instance.app.amqp.queues.consume_from
+    )
+    if runs_models and instance.concurrency != 1:
         import ainode_worker.inference.pipeline  # noqa: F401
 
 
