@@ -48,8 +48,8 @@ from ainode_worker.results.export import WrittenResult, export_results
 from ainode_worker.volume import Volume, VolumeError, volume_from_datasets
 
 # The pipeline brings torch and the model backends (1.3 s of CPU to import): the functions that
-# run models import it, a worker that runs models loads it before Celery forks its pool
-# (ainode_worker.tasks), a delivery worker never loads it.
+# run models import it (a worker with several pool processes loads it before Celery forks them:
+# ainode_worker.tasks); a delivery worker never loads it.
 if TYPE_CHECKING:
     from ainode_worker.inference.pipeline import BackendCache
 
