@@ -1,5 +1,5 @@
 """The delivery worker loads the worker's tasks without torch (1.3 s of CPU at every start, and
-its memory in every pool process); the worker that runs models loads it before forking."""
+its memory in every pool process); torch is loaded where a model runs."""
 
 from __future__ import annotations
 

@@ -286,7 +286,7 @@ class OrthancClient:
         the pieces (a 100 MB ``/numpy`` answer: 0.31 s against 0.19 s, curl 0.15 s)."""
         response = self._request("GET", path, missing=missing, stream=True)
         try:
-            return bytes(response.raw.read(decode_content=True))
+            return response.raw.read(decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as error:  # cut off, short, timed out
             raise self._unreachable(error) from error
         finally:

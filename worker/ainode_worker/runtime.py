@@ -5,8 +5,9 @@ queues (``ainode.gpu.*``) before it takes a job, and says why: a GPU job then wa
 that can run it instead of crawling on a CPU. CUDA is probed in a child process
 (``python -m ainode_worker.runtime --json``): touching CUDA in Celery's parent would break it in
 the forked pool processes. Without ``cuda`` the probe runs in the background (the worker does not
-wait for torch to import). On a machine without an NVIDIA driver the probe does not import torch
-at all (1.3 s of CPU at every worker start): no CUDA build of torch can see a device there.
+wait for torch to import). For a CPU-only build of torch, and on a machine without an NVIDIA
+driver, the probe does not import torch at all (1.3 s of CPU at every worker start): torch's
+build then decides alone.
 
 ``python -m ainode_worker.runtime [--require-cuda]`` prints the same report; with
 ``--require-cuda`` it exits 1, printing the reason, when CUDA is not usable (``make gpu-check``).
@@ -43,7 +44,7 @@ NVIDIA_DRIVER_LIBRARY = "cuda"
 
 def measure() -> WorkerRuntime:
     """torch's CUDA state (with a real allocation), the GPUs and ONNX Runtime's providers."""
-    runtime = _without_driver() or _measure_torch()
+    runtime = _from_build() or _measure_torch()
     runtime.onnxruntime_package = _installed("onnxruntime-gpu") or _installed("onnxruntime")
     try:
         import onnxruntime as ort
@@ -61,15 +62,12 @@ def measure() -> WorkerRuntime:
     return runtime
 
 
-def _without_driver() -> WorkerRuntime | None:
-    """The report for a CUDA or CPU build of torch on a machine with no NVIDIA driver, from
-    torch's ``version.py`` alone; None where torch must be asked (a driver, ROCm, no torch)."""
+def _from_build() -> WorkerRuntime | None:
+    """The report where torch's build decides alone, read from its ``version.py`` without
+    importing torch: a CPU-only build, or a CUDA build on a machine with no NVIDIA driver (no
+    CUDA build can see a device there). None where torch must be asked (a driver, ROCm)."""
     spec = importlib.util.find_spec("torch")
     if spec is None or not spec.submodule_search_locations:
-        return None
-    if any(path.exists() for path in NVIDIA_DRIVER_PATHS):
-        return None
-    if ctypes.util.find_library(NVIDIA_DRIVER_LIBRARY) is not None:
         return None
     version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
     version_spec = importlib.util.spec_from_file_location("_ainode_torch_version", version_file)
@@ -81,7 +79,9 @@ def _without_driver() -> WorkerRuntime | None:
         return None
     runtime = WorkerRuntime(torch_version=version.__version__, torch_cuda_build=version.cuda)
     if version.cuda is None:
-        runtime.cuda_reason = f"torch {version.__version__} is a CPU-only build"
+        runtime.cuda_reason = _cpu_only(version.__version__)
+    elif _driver_installed():
+        return None
     else:
         runtime.cuda_reason = (
             f"torch (CUDA {version.cuda}) sees no CUDA device: this machine has no NVIDIA "
@@ -91,12 +91,22 @@ def _without_driver() -> WorkerRuntime | None:
     return runtime
 
 
+def _driver_installed() -> bool:
+    return any(path.exists() for path in NVIDIA_DRIVER_PATHS) or (
+        ctypes.util.find_library(NVIDIA_DRIVER_LIBRARY) is not None
+    )
+
+
+def _cpu_only(torch_version: str) -> str:
+    return f"torch {torch_version} is a CPU-only build"
+
+
 def _measure_torch() -> WorkerRuntime:
     import torch
 
     runtime = WorkerRuntime(torch_version=torch.__version__, torch_cuda_build=torch.version.cuda)
     if torch.version.cuda is None:
-        runtime.cuda_reason = f"torch {torch.__version__} is a CPU-only build"
+        runtime.cuda_reason = _cpu_only(torch.__version__)
     elif not torch.cuda.is_available():
         runtime.cuda_reason = (
             f"torch (CUDA {torch.version.cuda}) sees no CUDA device (no GPU, no driver, or "
